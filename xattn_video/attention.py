@@ -1,0 +1,174 @@
+"""xattention(): estimate -> select -> block-sparse attend, on the Triton or the reference backend.
+
+Example::
+
+    import torch
+    from xattn_video import XAttentionConfig, xattention
+    q, k, v = (torch.randn(1, 4, 1000, 64) for _ in range(3))
+    out, mask = xattention(q, k, v, XAttentionConfig(block_size=64, stride=8, threshold=0.9))
+    print(out.shape, mask.density())
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .block_mask import BlockSparseMask
+from .config import XAttentionConfig
+from .estimate import dense_mask, estimate_mask
+from .kernels import reference
+
+logger = logging.getLogger("xattn_video")
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+TRITON_HEAD_DIMS = (64, 128)
+
+
+def validate_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: torch.Tensor | None) -> None:
+    """Raise ``ValueError`` naming the bad value when q, k, v, kv_len do not form a valid attention call."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be a 4-d tensor [B, H, N, D], got {shape}")
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"{name}.dtype={t.dtype} is not supported; accepted: float16, bfloat16, float32")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.shape != v.shape:
+        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must have the same shape")
+    if q.shape[0] != k.shape[0] or q.shape[1] != k.shape[1] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree in batch, heads and head_dim")
+    if q.shape[2] < 1 or k.shape[2] < 1:
+        raise ValueError(f"sequence lengths must be >= 1, got q N={q.shape[2]}, k N={k.shape[2]}")
+    d = q.shape[3]
+    if not (8 <= d <= 256 and d % 8 == 0):
+        raise ValueError(f"head_dim={d} is not supported; accepted: a multiple of 8 in 8..256")
+    if kv_len is not None:
+        if kv_len.shape != (q.shape[0],):
+            raise ValueError(f"kv_len must have shape [B]=({q.shape[0]},), got {tuple(kv_len.shape)}")
+        lo, hi = int(kv_len.min()), int(kv_len.max())
+        if lo < 1 or hi > k.shape[2]:
+            raise ValueError(f"kv_len values must be in 1..{k.shape[2]} (the key length), got {lo}..{hi}")
+
+
+@functools.lru_cache(maxsize=None)
+def _log_once(message: str) -> None:
+    logger.warning(message)
+
+
+def triton_unavailable_reason(q: torch.Tensor) -> str | None:
+    """Why the Triton backend cannot run these inputs, or None if it can."""
+    if not q.is_cuda:
+        return f"inputs are on {q.device.type}, the Triton kernels need a CUDA device"
+    if q.shape[-1] not in TRITON_HEAD_DIMS:
+        return f"head_dim={q.shape[-1]} is not one of the Triton kernels' {TRITON_HEAD_DIMS}"
+    try:
+        import triton  # noqa: F401
+    except ImportError as e:  # pragma: no cover - triton ships with CUDA torch on Linux
+        return f"triton is not importable ({e})"
+    return None
+
+
+def resolve_backend(config: XAttentionConfig, q: torch.Tensor) -> str:
+    """'triton' or 'reference' for these inputs under ``config.backend`` (see XAttentionConfig)."""
+    if config.backend == "reference":
+        return "reference"
+    reason = triton_unavailable_reason(q)
+    if reason is None:
+        return "triton"
+    if config.backend == "auto":
+        return "reference"
+    if config.allow_fallback:
+        _log_once(f"xattn_video: backend='triton' cannot run ({reason}); using the PyTorch reference")
+        return "reference"
+    raise RuntimeError(f"backend='triton' cannot run: {reason} (set allow_fallback=True to use the reference)")
+
+
+def block_sparse_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockSparseMask, backend: str,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Attention over the blocks of ``mask`` (keys past ``mask.kv_len`` excluded) on one backend."""
+    if backend == "triton":
+        from .kernels.block_sparse_attention import block_sparse_attention_triton
+
+        return block_sparse_attention_triton(q, k, v, mask, scale)
+    return reference.block_sparse_attention_reference(q, k, v, mask, scale)
+
+
+def dense_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Exact attention that skips padded keys without a dense mask where it can.
+
+    One sample (or equal lengths): slice the valid keys and run unmasked SDPA, which keeps PyTorch on its
+    fastest kernels (a boolean mask sends it to a slower one). Several lengths: a boolean key mask.
+    """
+    n_k = k.shape[2]
+    if kv_len is None:
+        return F.scaled_dot_product_attention(q, k, v)
+    lengths = kv_len.tolist()
+    if min(lengths) == max(lengths):
+        n = int(lengths[0])
+        return F.scaled_dot_product_attention(q, k[:, :, :n], v[:, :, :n])
+    key_ok = torch.arange(n_k, device=q.device)[None, :] < kv_len.to(q.device)[:, None]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=key_ok[:, None, None, :])
+
+
+def xattention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    config: XAttentionConfig | None = None,
+    kv_len: torch.Tensor | None = None,
+    *,
+    layer: int | None = None,
+    global_start: int | None = None,
+    threshold: float | Sequence[float] | None = None,
+    mask: BlockSparseMask | None = None,
+) -> tuple[torch.Tensor, BlockSparseMask]:
+    """XAttention: block-sparse attention over the blocks the antidiagonal estimate keeps.
+
+    Args:
+        q, k, v: ``[B, H, N, D]`` (k and v may have another N), float16 / bfloat16 / float32.
+        config: block size, stride, threshold, ... (defaults: ``XAttentionConfig()``).
+        kv_len: ``[B]`` valid key lengths; keys at or past it are padding and never attended.
+        layer: layer index, to look up per-layer thresholds in ``config``.
+        global_start: tokens at or past this index are global (e.g. text): their key blocks are always
+            kept and their query blocks attend densely.
+        threshold: overrides the config's threshold (one value or one per head).
+        mask: reuse a mask from an earlier call instead of estimating.
+
+    Returns:
+        ``(out, mask)``: out ``[B, H, N, D]`` in q's dtype, and the ``BlockSparseMask`` used.
+    """
+    config = config or XAttentionConfig()
+    validate_qkv(q, k, v, kv_len)
+    backend = resolve_backend(config, q)
+    b, h, n, _ = q.shape
+    if kv_len is None:
+        kv_len = torch.full((b,), k.shape[2], dtype=torch.long, device=q.device)
+    if mask is None:
+        tau = config.threshold_for(layer, h) if threshold is None else threshold
+        if isinstance(tau, (int, float)) and tau >= 1.0 and config.max_density is None:
+            mask = dense_mask(b, n, kv_len, k.shape[2], config.block_size, q.device)
+        else:
+            mask = estimate_mask(
+                q, k,
+                block_size=config.block_size,
+                stride=config.stride,
+                threshold=tau,
+                kv_len=kv_len,
+                keep_diagonal=config.keep_diagonal,
+                max_density=config.max_density,
+                global_start=global_start if config.keep_text else None,
+                backend=backend,
+            )
+    out = block_sparse_attention(q, k, v, mask, backend, 1.0 / math.sqrt(q.shape[-1]))
+    return out, mask

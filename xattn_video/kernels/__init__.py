@@ -1,0 +1,1 @@
+"""Triton kernels (estimate.py, block_sparse_attention.py) and their plain-PyTorch twins (reference.py)."""

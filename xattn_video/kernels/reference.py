@@ -1,0 +1,128 @@
+"""Plain-PyTorch twins of the Triton kernels: the CPU path and the test oracle.
+
+Shapes: q, k, v ``[B, H, N, D]``; ``kv_len`` ``[B]`` valid key lengths (keys at or past it are padding).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..block_mask import BlockSparseMask
+from ..config import ceil_div
+
+
+def antidiagonal_block_scores(attn: torch.Tensor, block_size: int, stride: int | None = None) -> torch.Tensor:
+    """The seed's didactic scorer on a given attention matrix ``[..., N, N]``.
+
+    Each ``stride`` x ``stride`` sub-block contributes the sum of its antidiagonal (top-right to bottom-left);
+    those sums are added up per ``block_size`` x ``block_size`` block. ``stride`` defaults to ``block_size``.
+
+    >>> A = torch.tensor([[.1, .3, .2, .4], [.2, .5, .1, .3], [.4, .1, .6, .2], [.3, .2, .4, .5]])
+    >>> antidiagonal_block_scores(A, 2)
+    tensor([[0.5000, 0.5000],
+            [0.4000, 0.6000]])
+    """
+    s = block_size if stride is None else stride
+    n_q, n_k = attn.shape[-2:]
+    if n_q % block_size or n_k % block_size or block_size % s:
+        raise ValueError(f"matrix {n_q}x{n_k} must tile into blocks of {block_size}, and stride {s} divide it")
+    sub = attn.unflatten(-1, (n_k // s, s)).unflatten(-3, (n_q // s, s))  # [..., Nq/S, S(row), Nk/S, S(col)]
+    anti = sub.flip(-3).diagonal(dim1=-3, dim2=-1).sum(-1)  # row S-1-c meets col c
+    r = block_size // s
+    return anti.unflatten(-1, (n_k // block_size, r)).sum(-1).unflatten(-2, (n_q // block_size, r)).sum(-2)
+
+
+def _pad_tokens(x: torch.Tensor, length: int) -> torch.Tensor:
+    return torch.nn.functional.pad(x, (0, 0, 0, length - x.shape[-2]))
+
+
+def strided_block_scores_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    block_size: int,
+    stride: int,
+    kv_len: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """XAttention's estimate: ``[B, H, QB, KB]`` float32 block scores.
+
+    Q and K are reordered with stride S so that one GEMM gives, for every S x S sub-block of Q.K^T, the sum of
+    its antidiagonal (query row ``iS + S-1-c`` against key ``jS + c``). The sums, scaled by ``scale / S``, are
+    softmaxed per strided query row over the strided key columns that hold a valid key, and the
+    probabilities are summed per ``block_size`` block. Padded keys are zeroed and strided rows made only of
+    padded queries count zero, so each row of the result sums to the number of real strided rows it holds.
+    """
+    b, h, n, d = q.shape
+    n_k = k.shape[2]
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    qb, kb = ceil_div(n, block_size), ceil_div(n_k, block_size)
+    kv_len = _kv_len_or_full(kv_len, b, n_k, q.device)
+    qp = _pad_tokens(q.float(), qb * block_size)
+    kp = _pad_tokens(k.float(), kb * block_size)
+    kp = kp * (torch.arange(kb * block_size, device=q.device)[None, :] < kv_len[:, None])[:, None, :, None]
+    # q_r[i] = concat_c Q[iS + S-1-c];  k_r[j] = concat_c K[jS + c]
+    q_r = qp.unflatten(2, (-1, stride)).flip(3).flatten(3)
+    k_r = kp.unflatten(2, (-1, stride)).flatten(3)
+    col_valid = (torch.arange(k_r.shape[2], device=q.device)[None, :] * stride < kv_len[:, None])  # [B, Nk/S]
+    row_valid = torch.arange(q_r.shape[2], device=q.device) * stride < n  # [Nq/S]
+    out = torch.empty(b, h, qb, kb, dtype=torch.float32, device=q.device)
+    for hi in range(h):  # one head at a time keeps the (N/S)^2 logits small
+        logits = q_r[:, hi] @ k_r[:, hi].transpose(-1, -2) * (scale / stride)
+        logits = logits.masked_fill(~col_valid[:, None, :], float("-inf"))
+        p = logits.softmax(-1) * row_valid[None, :, None]
+        r = block_size // stride
+        out[:, hi] = p.unflatten(-1, (kb, r)).sum(-1).unflatten(-2, (qb, r)).sum(-2)
+    return out
+
+
+def block_sparse_attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: BlockSparseMask,
+    scale: float | None = None,
+    q_blocks_per_chunk: int = 16,
+) -> torch.Tensor:
+    """Attention of each query block over its kept key blocks only (keys past ``mask.kv_len`` excluded).
+
+    Memory is O(N * kept): per chunk of query blocks the kept key/value blocks are gathered, never a dense
+    N x N matrix. Computes in float32, returns q's dtype.
+    """
+    b, h, n, d = q.shape
+    n_k = k.shape[2]
+    bs = mask.block_size
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    qb, kb = ceil_div(n, bs), ceil_div(n_k, bs)
+    if mask.kv_indices.shape[:3] != (b, h, qb) and mask.kv_indices.shape[:3] != (b, 1, qb):
+        raise ValueError(f"mask of shape {tuple(mask.kv_indices.shape)} does not fit q {tuple(q.shape)} "
+                         f"with block_size={bs}")
+    qp = _pad_tokens(q.float(), qb * bs).unflatten(2, (qb, bs))  # [B, H, QB, bs, D]
+    kp = _pad_tokens(k.float(), kb * bs).unflatten(2, (kb, bs))
+    vp = _pad_tokens(v.float(), kb * bs).unflatten(2, (kb, bs))
+    idx = mask.kv_indices.expand(b, h, qb, -1)
+    counts = mask.kv_counts.expand(b, h, qb)
+    width = int(counts.max()) if counts.numel() else 0
+    idx = idx[..., :width].long()
+    slot_valid = torch.arange(width, device=q.device) < counts[..., None]  # [B, H, QB, W]
+    idx = torch.where(slot_valid, idx, torch.zeros_like(idx))
+    key_pos = idx[..., None] * bs + torch.arange(bs, device=q.device)  # [B, H, QB, W, bs]
+    key_ok = slot_valid[..., None] & (key_pos < mask.kv_len.to(q.device)[:, None, None, None, None])
+    out = torch.empty(b, h, qb, bs, d, dtype=torch.float32, device=q.device)
+    for c0 in range(0, qb, q_blocks_per_chunk):
+        c1 = min(qb, c0 + q_blocks_per_chunk)
+        gi = idx[:, :, c0:c1].flatten(2)  # [B, H, C*W]
+        kg = torch.gather(kp, 2, gi[..., None, None].expand(-1, -1, -1, bs, d)).unflatten(2, (c1 - c0, width))
+        vg = torch.gather(vp, 2, gi[..., None, None].expand(-1, -1, -1, bs, d)).unflatten(2, (c1 - c0, width))
+        logits = torch.einsum("bhqid,bhqwjd->bhqiwj", qp[:, :, c0:c1], kg) * scale
+        logits = logits.masked_fill(~key_ok[:, :, c0:c1, None], float("-inf")).flatten(-2)
+        p = logits.softmax(-1).nan_to_num(0.0)  # a row with no valid key (impossible by construction) -> 0
+        out[:, :, c0:c1] = torch.einsum("bhqiw,bhqwd->bhqid", p, vg.flatten(3, 4))
+    return out.flatten(2, 3)[:, :, :n].to(q.dtype)
+
+
+def _kv_len_or_full(kv_len: torch.Tensor | None, b: int, n_k: int, device: torch.device) -> torch.Tensor:
+    if kv_len is None:
+        return torch.full((b,), n_k, dtype=torch.long, device=device)
+    return kv_len.to(device=device, dtype=torch.long)
