@@ -192,3 +192,22 @@ def density_budget(max_density: float | None, valid_blocks: int) -> int:
     if max_density is None:
         return valid_blocks
     return max(1, min(valid_blocks, math.ceil(max_density * valid_blocks - 1e-9)))
+
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+def preset_names() -> list[str]:
+    """Names of the bundled YAML presets (``xattn_video/configs/*.yaml``)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_config(name_or_path: str | Path) -> XAttentionConfig:
+    """A config from a YAML file path or a bundled preset name (e.g. ``"hunyuan_720p_fast"``)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return XAttentionConfig.load(p)
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    if preset.is_file():
+        return XAttentionConfig.load(preset)
+    raise FileNotFoundError(f"config {str(name_or_path)!r} is neither a file nor a preset; presets: {preset_names()}")

@@ -1,0 +1,285 @@
+"""Attention kernel benchmark (GPU): our block-sparse kernel and estimate vs FlexAttention and dense SDPA.
+
+HunyuanVideo shapes (B=1, H=24, D=128, bf16, video + 256 text tokens, the last 30 text keys padding).
+Rows: random block masks (diagonal kept) at density 1.0 / 0.5 / 0.3 / 0.15, and the masks the estimate
+picks at tau = 0.9 / 0.95 on structured video-like Q/K (xattn_video.synthetic). Every baseline is measured in
+the same run; times are triton.testing.do_bench medians on fresh random (non-zero) inputs.
+
+    python benchmarks/bench_attention.py --out bench_attention.json            # 480p, 544p, 720p
+    python benchmarks/bench_attention.py --sizes 480p --quick                  # smoke run
+    python benchmarks/bench_attention.py --check-only                          # GPU correctness checks only
+
+Does not import diffusers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from xattn_video.block_mask import BlockSparseMask  # noqa: E402
+from xattn_video.config import ceil_div  # noqa: E402
+from xattn_video.estimate import estimate_mask  # noqa: E402
+from xattn_video.kernels.block_sparse_attention import block_sparse_attention_triton  # noqa: E402
+from xattn_video.kernels.estimate import strided_block_scores_triton  # noqa: E402
+from xattn_video.kernels.reference import (  # noqa: E402
+    block_sparse_attention_reference,
+    strided_block_scores_reference,
+)
+from xattn_video.synthetic import video_qkv  # noqa: E402
+
+SIZES = {  # name: (t, h, w) latent grid; + 256 text tokens
+    "480p": (16, 30, 53),
+    "544p": (33, 34, 60),
+    "720p": (33, 45, 80),
+}
+N_TEXT, N_TEXT_PAD = 256, 30
+H, D, BS, STRIDE = 24, 128, 128, 16
+
+
+def bench(fn, quick: bool) -> float:
+    """Median ms of ``fn`` (do_bench: events, cache flushed between runs)."""
+    import triton.testing
+
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    est = (time.perf_counter() - t0) * 1e3
+    rep = max(3 * est, 30 if quick else 100)  # at least ~3 timed runs even for 300 ms calls
+    return float(triton.testing.do_bench(fn, warmup=max(est, 5), rep=rep, return_mode="median"))
+
+
+def random_mask(density: float, qb: int, kb: int, n: int, kv_len: torch.Tensor, gen: torch.Generator):
+    dev = kv_len.device
+    if density >= 1.0:
+        keep = torch.ones(1, H, qb, kb, dtype=torch.bool, device=dev)
+    else:
+        keep = torch.rand(1, H, qb, kb, generator=gen, device=dev) < density
+        keep |= torch.eye(qb, kb, dtype=torch.bool, device=dev)
+    return BlockSparseMask.from_dense(keep, BS, n, kv_len)
+
+
+def flex_block_mask(mask: BlockSparseMask, n: int):
+    """FlexAttention BlockMask with the same blocks: fully valid blocks as 'full', the padded one partial."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    idx, cnt = mask.kv_indices.long(), mask.kv_counts
+    kv_len = mask.kv_len
+    valid = torch.arange(idx.shape[-1], device=idx.device) < cnt[..., None]
+    full = valid & ((idx + 1) * BS <= kv_len[:, None, None, None])
+    part = valid & ~full
+
+    def compact(sel):  # ascending indices of the selected slots first, 0-padded (Flex reads only count)
+        key = torch.where(sel, idx, idx.new_full((), 1 << 30))
+        srt = key.sort(-1).values
+        num = sel.sum(-1).to(torch.int32)
+        return num, torch.where(srt < (1 << 30), srt, 0).to(torch.int32).contiguous()
+
+    p_num, p_idx = compact(part)
+    f_num, f_idx = compact(full)
+    kvl = kv_len.clone()
+
+    def key_valid(b, h, q_idx, kv_idx):
+        return kv_idx < kvl[b]
+
+    return BlockMask.from_kv_blocks(p_num, p_idx, f_num, f_idx, BLOCK_SIZE=BS, mask_mod=key_valid,
+                                    seq_lengths=(n, n))
+
+
+def subset_reference_error(q, k, v, mask: BlockSparseMask, out: torch.Tensor, n_blocks: int = 3) -> float:
+    """Max abs error of ``out`` vs the fp32 reference on a few query blocks (the last, partial one too)."""
+    qb = mask.num_q_blocks
+    sel = sorted({0, qb // 2, qb - 1} if n_blocks >= 3 else {qb - 1})
+    rows = torch.cat([torch.arange(i * BS, min((i + 1) * BS, q.shape[2]), device=q.device) for i in sel])
+    sub = BlockSparseMask(mask.kv_indices[:, :, sel], mask.kv_counts[:, :, sel], BS, len(rows), mask.kv_len)
+    ref = block_sparse_attention_reference(q[:, :, rows], k, v, sub, q_blocks_per_chunk=1)
+    return float((out[:, :, rows].float() - ref.float()).abs().max())
+
+
+def gpu_checks() -> list[dict]:
+    """Kernels vs references on the GPU, bf16 / fp16, small and medium shapes. Raises on a mismatch."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    results = []
+    for dtype in (torch.bfloat16, torch.float16):
+        for bs, n, d, h, mask_h in ((128, 1000, 128, 4, None), (128, 2333, 64, 3, 1), (64, 700, 128, 2, None),
+                                    (32, 300, 64, 2, None)):
+            b = 2
+            q, k, v = (torch.randn(b, h, n, d, device="cuda", generator=gen, dtype=torch.float32).to(dtype)
+                       for _ in range(3))
+            kv_len = torch.tensor([n, n - 77], device="cuda")
+            qb = ceil_div(n, bs)
+            keep = (torch.rand(b, mask_h or h, qb, qb, device="cuda", generator=gen) < 0.4)
+            keep |= torch.eye(qb, dtype=torch.bool, device="cuda")
+            mask = BlockSparseMask.from_dense(keep, bs, n, kv_len)
+            out = block_sparse_attention_triton(q, k, v, mask)
+            ref = block_sparse_attention_reference(q, k, v, mask)
+            err = float((out.float() - ref.float()).abs().max())
+            rel = float((out.float() - ref.float()).norm() / ref.float().norm())
+            for stride in (16, 8):
+                qs, ks = q * 3, k * 3  # peakier rows
+                s = strided_block_scores_triton(qs, ks, bs, stride, kv_len) if bs // stride >= 2 else None
+                if s is None:
+                    continue
+                r = strided_block_scores_reference(qs, ks, bs, stride, kv_len)
+                est_err = float((s - r).abs().max())
+                results.append(dict(check="estimate", dtype=str(dtype), bs=bs, stride=stride, n=n, d=d,
+                                    max_abs_err=est_err))
+                if not est_err < 2e-2:
+                    raise AssertionError(f"estimate mismatch {results[-1]}")
+            results.append(dict(check="attention", dtype=str(dtype), bs=bs, n=n, d=d, max_abs_err=err, rel_err=rel))
+            if not (rel < 1e-2 and torch.isfinite(out).all()):
+                raise AssertionError(f"attention mismatch {results[-1]}")
+    for r in results:
+        print("check", r)
+    return results
+
+
+def run_size(name: str, quick: bool, flex_fn, rows: list[dict]) -> None:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    import torch.nn.functional as F
+
+    t, hh, ww = SIZES[name]
+    n_video = t * hh * ww
+    n = n_video + N_TEXT
+    kv_n = n - N_TEXT_PAD
+    qb = ceil_div(n, BS)
+    dev = "cuda"
+    kv_len = torch.tensor([kv_n], device=dev)
+    gen = torch.Generator(device=dev).manual_seed(hash(name) % 1000)
+    q, k, v = (torch.randn(1, H, n, D, device=dev, dtype=torch.bfloat16, generator=gen) for _ in range(3))
+    flops_dense = 4.0 * n * n * D * H
+
+    # dense baselines over the valid keys (slicing keeps SDPA on its fastest kernels)
+    ks, vs = k[:, :, :kv_n], v[:, :, :kv_n]
+    dense = {}
+    for label, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
+        try:
+            with sdpa_kernel(backend):
+                dense[label] = bench(lambda: F.scaled_dot_product_attention(q, ks, vs), quick)
+        except Exception as e:  # noqa: BLE001 - a missing backend is reported, not fatal
+            print(f"[{name}] SDPA {label} failed: {type(e).__name__}: {e}", flush=True)
+            dense[label] = float("nan")
+    print(f"[{name}] N={n} dense cuDNN {dense['cudnn']:.2f} ms, flash {dense['flash']:.2f} ms", flush=True)
+
+    # structured Q/K: the masks the estimate picks
+    sq, sk, sv, s_kv = video_qkv(t, hh, ww, n_text=N_TEXT, n_text_valid=N_TEXT - N_TEXT_PAD, heads=H, head_dim=D,
+                                 dtype=torch.bfloat16, device=dev, seed=1)
+    scores_ms = bench(lambda: strided_block_scores_triton(sq, sk, BS, STRIDE, s_kv), quick)
+    s_tri = strided_block_scores_triton(sq, sk, BS, STRIDE, s_kv)
+    heads_chk = slice(0, 2 if quick else 4)  # the reference's fp32 logits are (N/S)^2 per head
+    s_ref = strided_block_scores_reference(sq[:, heads_chk], sk[:, heads_chk], BS, STRIDE, s_kv)
+    est_err = float((s_tri[:, heads_chk] - s_ref).abs().max())
+    print(f"[{name}] estimate scores {scores_ms:.2f} ms, max abs err vs reference {est_err:.2e}", flush=True)
+
+    cases = [(f"random d={p}", p, None) for p in ((1.0, 0.3) if quick else (1.0, 0.5, 0.3, 0.15))]
+    cases += [(f"estimate tau={tau}", None, tau) for tau in ((0.9,) if quick else (0.9, 0.95))]
+    for label, density, tau in cases:
+        if tau is None:
+            mask = random_mask(density, qb, qb, n, kv_len, gen)
+            qq, kk, vv = q, k, v
+            select_ms = float("nan")
+        else:
+            def est():
+                return estimate_mask(sq, sk, block_size=BS, stride=STRIDE, threshold=tau, kv_len=s_kv,
+                                     global_start=n_video, backend="triton")
+            mask = est()
+            select_ms = bench(est, quick)
+            qq, kk, vv = sq, sk, sv
+        dens = mask.density()
+        ours_ms = bench(lambda: block_sparse_attention_triton(qq, kk, vv, mask), quick)
+        out = block_sparse_attention_triton(qq, kk, vv, mask)
+        err_ref = subset_reference_error(qq, kk, vv, mask, out, 1 if quick else 3)
+        flex_ms, err_flex = float("nan"), float("nan")
+        if flex_fn is not None:
+            try:
+                bm = flex_block_mask(mask, n)
+                flex_ms = bench(lambda: flex_fn(qq, kk, vv, block_mask=bm), quick)
+                err_flex = float((flex_fn(qq, kk, vv, block_mask=bm).float() - out.float()).abs().max())
+            except Exception as e:  # noqa: BLE001
+                print(f"[{name}] flex failed: {type(e).__name__}: {e}", flush=True)
+        row = dict(
+            size=name, n=n, kv_len=kv_n, mask=label, density=dens, ours_ms=ours_ms,
+            ours_tflops=flops_dense * dens / ours_ms / 1e9, flex_ms=flex_ms,
+            flex_tflops=flops_dense * dens / flex_ms / 1e9, cudnn_dense_ms=dense["cudnn"],
+            flash_dense_ms=dense["flash"], speedup_vs_cudnn=dense["cudnn"] / ours_ms,
+            estimate_scores_ms=scores_ms if tau is not None else float("nan"),
+            estimate_select_ms=select_ms, estimate_pct_of_cudnn=100.0 * select_ms / dense["cudnn"],
+            max_err_vs_ref=err_ref, max_err_vs_flex=err_flex, estimate_max_err=est_err,
+        )
+        rows.append(row)
+        print(f"[{name}] {label:18s} dens {dens:.3f} ours {ours_ms:8.2f} ms {row['ours_tflops']:6.0f} TF | flex "
+              f"{flex_ms:8.2f} ms {row['flex_tflops']:6.0f} TF | est+sel {select_ms:6.2f} ms | err ref {err_ref:.1e}"
+              f" flex {err_flex:.1e}", flush=True)
+        del mask
+    del q, k, v, sq, sk, sv
+    torch.cuda.empty_cache()
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| size | mask | density | ours ms | ours TFLOPS | Flex ms | Flex TFLOPS | cuDNN dense ms | flash dense ms "
+            "| speedup vs cuDNN | est+select ms | est % of cuDNN | max err vs ref | max err vs Flex |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(
+            f"| {r['size']} | {r['mask']} | {r['density']:.3f} | {r['ours_ms']:.2f} | {r['ours_tflops']:.0f} | "
+            f"{r['flex_ms']:.2f} | {r['flex_tflops']:.0f} | {r['cudnn_dense_ms']:.2f} | {r['flash_dense_ms']:.2f} | "
+            f"{r['speedup_vs_cudnn']:.2f}x | {r['estimate_select_ms']:.2f} | {r['estimate_pct_of_cudnn']:.1f}% | "
+            f"{r['max_err_vs_ref']:.1e} | {r['max_err_vs_flex']:.1e} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="480p,544p,720p", help=f"comma list of {list(SIZES)}")
+    ap.add_argument("--quick", action="store_true", help="fewer rows and shorter timing")
+    ap.add_argument("--out", default=None, help="write the rows (and checks) as JSON here")
+    ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
+    ap.add_argument("--no-check", action="store_true", help="skip the GPU correctness checks")
+    ap.add_argument("--check-only", action="store_true", help="only the GPU correctness checks")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_attention needs a CUDA GPU", file=sys.stderr)
+        return 2
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    bad = [s for s in sizes if s not in SIZES]
+    if bad:
+        ap.error(f"unknown size(s) {bad}; accepted: {list(SIZES)}")
+    import triton
+
+    t_start = time.perf_counter()
+    info = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+                python=platform.python_version(), date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), argv=sys.argv)
+    print(info, flush=True)
+    checks = [] if args.no_check else gpu_checks()
+    rows: list[dict] = []
+    if not args.check_only:
+        flex_fn = None
+        if not args.no_flex:
+            from torch.nn.attention.flex_attention import flex_attention
+
+            flex_fn = torch.compile(flex_attention, dynamic=False)
+        for s in sizes:
+            run_size(s, args.quick, flex_fn, rows)
+    info["seconds"] = time.perf_counter() - t_start
+    if rows:
+        print()
+        print(table(rows))
+    print(f"total {info['seconds']:.0f} s")
+    if args.out:
+        Path(args.out).write_text(json.dumps(dict(info=info, checks=checks, rows=rows), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,239 @@
+"""The native node against ComfyUI's own HunyuanVideo: a tiny random-weight model in a real ModelPatcher,
+sampled with ComfyUI's KSampler path (so the override, the wrapper and the sigma bookkeeping are ComfyUI's)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from comfyui_env import import_comfy
+
+import_comfy()
+
+import comfy.model_base  # noqa: E402
+import comfy.model_patcher  # noqa: E402
+import comfy.sample  # noqa: E402
+import comfy.supported_models  # noqa: E402
+from comfy.ldm.flux import math as flux_math  # noqa: E402
+
+from xattn_video.comfyui.native import (  # noqa: E402
+    STATE_ATTR,
+    XAttentionPatch,
+    key_padding_lengths,
+    patch_model,
+    step_index,
+)
+from xattn_video.comfyui.nodes import NODE_CLASS_MAPPINGS, XAttentionHunyuanVideo  # noqa: E402
+from xattn_video.config import XAttentionConfig  # noqa: E402
+
+CPU = torch.device("cpu")
+UNET = dict(image_model="hunyuan_video", in_channels=4, out_channels=4, vec_in_dim=8, context_in_dim=16,
+            hidden_size=64, mlp_ratio=2.0, num_heads=4, depth=2, depth_single_blocks=2, axes_dim=[4, 6, 6],
+            theta=256, patch_size=[1, 2, 2], qkv_bias=True, guidance_embed=True, byt5=False, meanflow=False)
+LATENT = (1, 4, 3, 8, 16)  # 3 x 4 x 8 = 96 video tokens after the 1x2x2 patchify
+TXT = 10
+STEPS = 4
+# block 16 / stride 4: 96 video + 10 text tokens = 7 blocks, enough for real selection
+NODE_ARGS = dict(stride=4, block_size=16, max_density=0.0, keep_text=True)
+
+
+@pytest.fixture(scope="module")
+def model() -> comfy.model_patcher.ModelPatcher:
+    config = comfy.supported_models.HunyuanVideo(dict(UNET))
+    config.set_inference_dtype(torch.float32, None)
+    base = comfy.model_base.HunyuanVideo(config, device=CPU)
+    torch.manual_seed(0)
+    with torch.no_grad():  # ComfyUI's layers skip weight init: give every weight a value
+        for name, p in base.diffusion_model.named_parameters():
+            p.normal_(0.0, 0.15 if p.dim() > 1 else 0.02)
+            if name.endswith(("query_norm.scale", "key_norm.scale")):
+                p.fill_(4.0)  # peaked, position-dependent attention like a trained model's
+    return comfy.model_patcher.ModelPatcher(base, load_device=CPU, offload_device=CPU)
+
+
+def _conds(pad: int = 0) -> tuple[list, list]:
+    g = torch.Generator().manual_seed(1)
+    extra = {}
+    if pad:  # a padded prompt: ComfyUI's txt mask (1 = token, 0 = padding) becomes a key-padding mask
+        m = torch.ones(1, TXT, dtype=torch.long)
+        m[:, TXT - pad:] = 0
+        extra["attention_mask"] = m
+    pos = [[torch.randn(1, TXT, 16, generator=g), {"pooled_output": torch.randn(1, 8, generator=g), "guidance": 6.0,
+                                                    **extra}]]
+    neg = [[torch.zeros(1, TXT, 16), {"pooled_output": torch.zeros(1, 8), "guidance": 6.0, **extra}]]
+    return pos, neg
+
+
+def _sample(m, pad: int = 0) -> torch.Tensor:
+    latent = torch.zeros(LATENT)
+    pos, neg = _conds(pad)
+    return comfy.sample.sample(m, comfy.sample.prepare_noise(latent, 0), STEPS, 1.0, "euler", "simple", pos, neg,
+                               latent, disable_pbar=True, seed=0)
+
+
+def _patch(model, **kw):
+    args = {**NODE_ARGS, **kw}
+    (patched,) = XAttentionHunyuanVideo().patch(model, **args)
+    return patched, getattr(patched, STATE_ATTR)
+
+
+@pytest.fixture(scope="module")
+def dense_out(model) -> torch.Tensor:
+    return _sample(model)
+
+
+def test_tau_one_matches_unpatched(model, dense_out):
+    patched, state = _patch(model, threshold=1.0, warmup_steps=0)
+    out = _sample(patched)
+    assert state.sparse_calls == STEPS * (UNET["depth"] + UNET["depth_single_blocks"])  # the override really ran
+    torch.testing.assert_close(out, dense_out, rtol=1e-4, atol=1e-5)
+    assert all(d == pytest.approx(1.0) for d in state.density_per_step().values())
+
+
+def test_tau_below_one_is_sparse_after_warmup(model, dense_out):
+    patched, state = _patch(model, threshold=0.5, warmup_steps=2)
+    out = _sample(patched)
+    assert not torch.allclose(out, dense_out, atol=1e-4)
+    dens = state.density_per_step()
+    assert sorted(dens) == list(range(STEPS))
+    assert dens[0] == 1.0 and dens[1] == 1.0  # warmup steps ran dense
+    assert all(dens[s] < 1.0 for s in range(2, STEPS))
+    assert 0.0 < state.mean_sparse_density() < 1.0
+    assert state.dense_calls == 2 * 4 and state.sparse_calls == 2 * 4 and state.fallback_calls == 0
+
+
+def test_text_padding_mask_becomes_kv_len(model):
+    # with 3 padded text tokens, tau = 1 must still equal ComfyUI's masked attention
+    ref = _sample(model, pad=3)
+    patched, state = _patch(model, threshold=1.0, warmup_steps=0)
+    out = _sample(patched, pad=3)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    assert state.sparse_calls > 0 and state.fallback_calls == 0
+    assert not torch.allclose(ref, _sample(model), atol=1e-4)  # the padding mask mattered
+
+
+def test_dense_layers_stay_on_comfy_attention(model, dense_out):
+    # all 4 joint-attention blocks (2 double + 2 single, numbered in that order) listed as dense
+    patched, state = patch_model(model, XAttentionConfig(block_size=16, stride=4, threshold=0.3, warmup_steps=0,
+                                                         dense_layers=(0, 1, 2, 3)))
+    torch.testing.assert_close(_sample(patched), dense_out, rtol=1e-4, atol=1e-5)
+    assert state.sparse_calls == 0 and state.dense_calls == STEPS * 4
+
+
+def test_input_model_unchanged(model):
+    options = copy.deepcopy(model.model_options)
+    wrappers = copy.deepcopy(model.wrappers)
+    weights = {k: v.clone() for k, v in model.model.diffusion_model.state_dict().items()}
+    patched, _ = _patch(model, threshold=0.5, warmup_steps=1)
+    _sample(patched)
+    assert patched is not model and patched.model is model.model
+    assert model.model_options == options and model.wrappers == wrappers
+    assert "optimized_attention_override" not in model.model_options.get("transformer_options", {})
+    assert not hasattr(model, STATE_ATTR)
+    for k, v in model.model.diffusion_model.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    # clones of the patched model keep feeding the same state (ModelPatcher.clone deep-copies options)
+    again = patched.clone()
+    assert again.model_options["transformer_options"]["optimized_attention_override"] is \
+        patched.model_options["transformer_options"]["optimized_attention_override"]
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.5])
+def test_bad_threshold_names_value(model, threshold):
+    with pytest.raises(ValueError, match=f"threshold={threshold}"):
+        _patch(model, threshold=threshold, warmup_steps=0)
+
+
+def test_stride_must_divide_block_size(model):
+    with pytest.raises(ValueError, match="stride=5"):
+        XAttentionHunyuanVideo().patch(model, threshold=0.9, stride=5, block_size=16, warmup_steps=0,
+                                       max_density=0.0, keep_text=True)
+
+
+def test_not_hunyuan_video_model_names_it():
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.diffusion_model = torch.nn.Linear(2, 2)
+
+    other = comfy.model_patcher.ModelPatcher(Tiny(), load_device=CPU, offload_device=CPU)
+    with pytest.raises(TypeError, match="Linear"):
+        XAttentionHunyuanVideo().patch(other, threshold=0.9, warmup_steps=0, **NODE_ARGS)
+    with pytest.raises(TypeError, match="str"):
+        XAttentionHunyuanVideo().patch("not a model", threshold=0.9, warmup_steps=0, **NODE_ARGS)
+
+
+def test_other_mask_shapes_fall_back_to_comfy(caplog):
+    patch = XAttentionPatch(XAttentionConfig(block_size=16, stride=4, threshold=0.5, warmup_steps=0))
+    patch.state.begin_forward(TXT)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 106, 16, generator=g) for _ in range(3))
+    full = torch.zeros(1, 1, 106, 106)
+    full[..., :50, 100:] = -1e9  # query-dependent: not a key-padding mask
+    ref = flux_math.optimized_attention(q, k, v, 4, skip_reshape=True, mask=full)
+    with caplog.at_level("WARNING", logger="xattn_video"):
+        out = flux_math.optimized_attention(q, k, v, 4, skip_reshape=True, mask=full,
+                                            transformer_options={"optimized_attention_override": patch})
+    torch.testing.assert_close(out, ref)
+    assert patch.state.fallback_calls == 1 and patch.state.sparse_calls == 0
+    # a key-padding mask on the same call goes sparse, and the output keeps ComfyUI's [B, N, H*D] layout
+    pad = torch.zeros(1, 1, 106)
+    pad[..., 103:] = -torch.finfo(torch.float32).max
+    out = flux_math.optimized_attention(q, k, v, 4, skip_reshape=True, mask=pad,
+                                        transformer_options={"optimized_attention_override": patch})
+    assert out.shape == (1, 106, 64) and patch.state.sparse_calls == 1
+
+
+def test_token_refiner_and_short_sequences_untouched():
+    patch = XAttentionPatch(XAttentionConfig(block_size=16, stride=4, threshold=0.1, warmup_steps=0))
+    calls = []
+
+    def original(*args, **kwargs):
+        calls.append(args[0].shape)
+        return torch.zeros(1)
+
+    q = torch.randn(1, 4, TXT, 16)
+    patch(original, q, q, q, 4, skip_reshape=True, mask=None)  # outside a forward
+    patch.state.begin_forward(TXT)
+    patch(original, q, q, q, 4, skip_reshape=True, mask=None)  # text-only: the token refiner
+    short = torch.randn(1, 4, 20, 16)  # < 2 blocks of 16
+    patch(original, short, short, short, 4, skip_reshape=True, mask=None)
+    assert len(calls) == 3 and patch.state.sparse_calls == 0
+
+
+def test_key_padding_lengths():
+    n = 8
+    add = torch.zeros(1, 1, n)
+    add[..., 6:] = float("-inf")
+    kv, why = key_padding_lengths(add, 2, n)
+    assert why is None and kv.tolist() == [6, 6]
+    kv, why = key_padding_lengths(torch.tensor([[True] * 5 + [False] * 3]), 1, n)
+    assert kv.tolist() == [5]
+    assert key_padding_lengths(None, 1, n) == (None, None)
+    hole = torch.ones(1, n, dtype=torch.bool)
+    hole[0, 2] = False
+    assert key_padding_lengths(hole, 1, n)[1] is not None  # not a prefix
+    assert key_padding_lengths(torch.full((1, n), 0.5), 1, n)[1] is not None  # a bias, not padding
+    assert key_padding_lengths(torch.zeros(1, 1, n, n), 1, n)[1] is not None
+
+
+def test_step_index_from_sigmas():
+    sched = torch.tensor([1.0, 0.8, 0.5, 0.2, 0.0])
+    assert step_index({"sigmas": torch.tensor([1.0]), "sample_sigmas": sched}) == 0
+    assert step_index({"sigmas": torch.tensor([0.5, 0.5]), "sample_sigmas": sched}) == 2
+    assert step_index({"sigmas": torch.tensor([0.35]), "sample_sigmas": sched}) == 2  # 2nd-order midpoint
+    assert step_index({"sigmas": torch.tensor([0.5])}) is None
+
+
+def test_node_conventions():
+    for name, cls in NODE_CLASS_MAPPINGS.items():
+        spec = cls.INPUT_TYPES()
+        assert "required" in spec, name
+        assert cls.CATEGORY == "xattention" and hasattr(cls, cls.FUNCTION), name
+        assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES), name
+        for group in spec.values():
+            for key, (kind, *opts) in group.items():
+                if kind in ("INT", "FLOAT"):
+                    assert {"default", "min", "max", "tooltip"} <= set(opts[0]), (name, key)

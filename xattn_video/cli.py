@@ -1,0 +1,169 @@
+"""`xattn-video generate | compare | report`: text to video with XAttention from the command line.
+
+Examples::
+
+    xattn-video generate --prompt "a red fox in the snow" --out out/    # embedded tiny model, CPU is fine
+    xattn-video compare --prompt "a red fox" --model /models/HunyuanVideo --config hunyuan_720p_fast \\
+        --frames 129 --height 720 --width 1280 --steps 50 --out out/fox
+    xattn-video report out/fox                                          # re-render report.md and plots
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import XAttentionConfig, load_config, preset_names
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        raise _UsageError(message)
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _positive(name: str, minimum: int = 1):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{name}={value} must be >= {minimum}")
+        return value
+
+    return parse
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="xattn-video", description="Video generation with XAttention block-sparse attention.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, help_text in (("generate", "generate a video with XAttention"),
+                            ("compare", "generate dense and sparse, report speedup and quality")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--prompt", required=True)
+        p.add_argument("--config", help=f"YAML file or preset ({', '.join(preset_names())}); "
+                                        "default: tiny_cpu for the tiny model, hunyuan_720p_quality otherwise")
+        p.add_argument("--model", help="local diffusers HunyuanVideo folder (default: embedded tiny model)")
+        p.add_argument("--steps", type=_positive("--steps"), help="denoising steps")
+        p.add_argument("--frames", type=_positive("--frames"), help="frames, 4k+1 (1, 5, ..., 129)")
+        p.add_argument("--height", type=_positive("--height", 16), help="pixels, a multiple of 16")
+        p.add_argument("--width", type=_positive("--width", 16), help="pixels, a multiple of 16")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--threshold", type=float, help="override the config's threshold, in (0, 1]")
+        p.add_argument("--warmup", type=_positive("--warmup", 0), help="override the config's warmup steps")
+        p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+        p.add_argument("--out", default="out", help="output folder (default: out)")
+        p.add_argument("--fps", type=_positive("--fps"), default=8)
+        if name == "compare":
+            p.add_argument("--lpips-weights", help="local AlexNet weights for LPIPS (else LPIPS is reported "
+                                                   "unavailable)")
+            p.add_argument("--vbench-weights", help="local VBench weights folder for the model-based dimensions")
+    r = sub.add_parser("report", help="re-render report.md and plots from DIR/report.json")
+    r.add_argument("dir")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> tuple[XAttentionConfig, dict[str, Any]]:
+    from .pipelines.tiny import TINY_DEFAULTS
+
+    tiny = args.model is None or args.model == "tiny"
+    config = load_config(args.config or ("tiny_cpu" if tiny else "hunyuan_720p_quality"))
+    if args.threshold is not None:
+        config = config.replace(threshold=args.threshold)
+    if args.warmup is not None:
+        config = config.replace(warmup_steps=args.warmup)
+    defaults = TINY_DEFAULTS if tiny else {"num_frames": 129, "height": 720, "width": 1280,
+                                           "num_inference_steps": 50}
+    sizes = {
+        "num_frames": args.frames or defaults["num_frames"],
+        "height": args.height or defaults["height"],
+        "width": args.width or defaults["width"],
+        "num_inference_steps": args.steps or defaults["num_inference_steps"],
+    }
+    if (sizes["num_frames"] - 1) % 4:
+        raise ValueError(f"--frames={sizes['num_frames']} must be 4k+1 (1, 5, 9, ..., 129): the VAE packs 4 frames")
+    for key in ("height", "width"):
+        if sizes[key] % 16:
+            raise ValueError(f"--{key}={sizes[key]} must be a multiple of 16 (VAE 8x, patch 2x)")
+    return config, sizes
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .pipelines.hunyuan_video import load_pipeline, model_name, timed_generate
+    from .processors import apply_xattention
+    from .video_io import write_mp4
+
+    config, sizes = _settings(args)
+    pipe = load_pipeline(args.model, device=args.device)
+    state = apply_xattention(pipe, config)
+    gen = timed_generate(pipe, args.prompt, seed=args.seed, **sizes)
+    out = Path(args.out)
+    video_path = write_mp4(gen.video, out / "video.mp4", fps=args.fps)
+    table = state.density_table()
+    summary = {
+        "prompt": args.prompt, "seed": args.seed, "model": model_name(pipe), **sizes,
+        "warmup_steps": config.warmup_steps, "config": config.to_dict(),
+        "wall_time_s": gen.total_s, "timing": gen.timing(),
+        "layers": [state.layer_names[i] for i in sorted(state.layer_names)],
+        "density_per_step_layer": {str(s): {str(l): d for l, d in layers.items()} for s, layers in table.items()},
+        "mean_density_after_warmup": _mean([d for s, layers in table.items() if s >= config.warmup_steps
+                                            for d in layers.values()]),
+        "video": str(video_path),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"wrote {video_path} and {out / 'summary.json'} ({gen.total_s:.1f} s, mean density after warmup "
+          f"{summary['mean_density_after_warmup']})")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .pipelines.hunyuan_video import compare, load_pipeline
+
+    config, sizes = _settings(args)
+    pipe = load_pipeline(args.model, device=args.device)
+    result = compare(pipe, args.prompt, config, seed=args.seed, out_dir=args.out, lpips_weights=args.lpips_weights,
+                     vbench_weights=args.vbench_weights, **sizes)
+    t = result.report["timing"]
+    print(f"speedup end to end {t['speedup_end_to_end']:.2f}x, denoise {t['speedup_denoise']:.2f}x; "
+          f"report in {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .pipelines.report import render_report
+
+    folder = Path(args.dir)
+    if not (folder / "report.json").is_file():
+        raise FileNotFoundError(f"{str(folder / 'report.json')!r} does not exist (run `xattn-video compare` first)")
+    files = render_report(folder)
+    print("wrote " + ", ".join(str(p) for p in files.values()))
+    return 0
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        args = _build_parser().parse_args(argv)
+        return {"generate": _generate, "compare": _compare, "report": _report}[args.command](args)
+    except (_UsageError, ValueError, FileNotFoundError) as e:
+        if os.environ.get("XATTN_VIDEO_DEBUG"):
+            raise
+        print(f"xattn-video: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,442 @@
+"""ComfyUI nodes: a native MODEL patch, and nodes around the add-on's own diffusers pipeline.
+
+Native (works with ComfyUI's own HunyuanVideo loader, sampler and VAE nodes):
+
+- ``XAttentionHunyuanVideo``: MODEL -> patched MODEL clone (joint attention of double/single blocks via XAttention).
+
+Pipeline (self-contained: diffusers HunyuanVideo from a local folder, or the embedded tiny random-weight model):
+
+- ``XAttentionLoadPipeline`` -> ``XATTN_PIPE``
+- ``XAttentionConfig`` -> ``XATTN_CONFIG``
+- ``XAttentionApply``: ``XATTN_PIPE`` + ``XATTN_CONFIG`` -> ``XATTN_PIPE`` that samples with XAttention
+- ``XAttentionSample``: ``XATTN_PIPE`` + prompt -> ``IMAGE`` frames ``[F, H, W, 3]`` in 0..1
+- ``XAttentionCompare`` (output node): dense vs sparse with the same seed -> both videos, a JSON report and a
+  summary shown on the node (speedup, density, PSNR/SSIM).
+
+Nothing here imports ComfyUI or diffusers at import time; nodes import what they need when they run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import XAttentionConfig
+
+logger = logging.getLogger("xattn_video")
+
+CATEGORY = "xattention"
+PIPE_TYPE = "XATTN_PIPE"
+CONFIG_TYPE = "XATTN_CONFIG"
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+BACKENDS = ("auto", "triton", "reference")
+
+
+def _config_inputs() -> dict[str, Any]:
+    """The XAttention knobs shared by the native node and the config node (ranges match XAttentionConfig)."""
+    return {
+        "threshold": ("FLOAT", {
+            "default": 0.9, "min": 0.01, "max": 1.0, "step": 0.01,
+            "tooltip": "tau in (0, 1]: per query-block row keep the fewest key blocks whose estimated attention "
+                       "mass reaches tau. 1.0 = dense (exact); lower = sparser and faster.",
+        }),
+        "stride": ("INT", {
+            "default": 16, "min": 1, "max": 64,
+            "tooltip": "Antidiagonal stride S of the estimate (the paper uses 8 or 16); must divide block_size.",
+        }),
+        "block_size": ("INT", {
+            "default": 128, "min": 16, "max": 256, "step": 16,
+            "tooltip": "Side of the square attention blocks in tokens (128 for the Triton kernels).",
+        }),
+        "warmup_steps": ("INT", {
+            "default": 5, "min": 0, "max": 1000,
+            "tooltip": "The first denoising steps run dense attention (layout forms early).",
+        }),
+        "max_density": ("FLOAT", {
+            "default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+            "tooltip": "Optional cap on the fraction of key blocks kept per query-block row (a speed budget). "
+                       "0 = no cap.",
+        }),
+        "keep_text": ("BOOLEAN", {
+            "default": True,
+            "tooltip": "Text tokens are always attended to, and attend densely themselves.",
+        }),
+    }
+
+
+def make_config(threshold: float, stride: int, block_size: int, warmup_steps: int, max_density: float,
+                keep_text: bool, **extra: Any) -> XAttentionConfig:
+    """An ``XAttentionConfig`` from node inputs (``max_density`` 0 = off).
+
+    Raises:
+        ValueError: a value is out of range; the message names it and the accepted range.
+    """
+    if isinstance(max_density, (int, float)) and not isinstance(max_density, bool) and max_density < 0:
+        raise ValueError(f"max_density={max_density!r} is out of range: accepted 0 (off) or (0, 1]")
+    return XAttentionConfig(
+        threshold=threshold, stride=int(stride), block_size=int(block_size), warmup_steps=int(warmup_steps),
+        max_density=None if max_density == 0 else max_density, keep_text=bool(keep_text), **extra,
+    )
+
+
+def parse_dense_layers(text: str) -> tuple[int, ...]:
+    """``"0, 1, 5-7"`` -> ``(0, 1, 5, 6, 7)``; empty -> ``()``.
+
+    Raises:
+        ValueError: an entry is not a non-negative integer or range; the message names it.
+    """
+    out: list[int] = []
+    for part in (p.strip() for p in text.replace(";", ",").split(",")):
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if lo < 0 or hi < lo:
+                    raise ValueError
+                out.extend(range(lo, hi + 1))
+            else:
+                i = int(part)
+                if i < 0:
+                    raise ValueError
+                out.append(i)
+        except ValueError:
+            raise ValueError(
+                f"dense_layers entry {part!r} is not a block index or range (accepted e.g. '0, 1, 5-7')"
+            ) from None
+    return tuple(sorted(set(out)))
+
+
+# -- native ------------------------------------------------------------------------------------------------
+
+class XAttentionHunyuanVideo:
+    """Patch ComfyUI's native HunyuanVideo MODEL so its joint self-attention runs XAttention.
+
+    Returns a clone; the input MODEL is untouched. The token refiner and short sequences keep ComfyUI's
+    attention. The clone carries ``xattention_state`` (per-step densities) for inspection.
+    """
+
+    DESCRIPTION = ("Block-sparse XAttention for ComfyUI's native HunyuanVideo model: video+text joint attention "
+                   "of every double and single block keeps only the key blocks the antidiagonal estimate "
+                   "selects. Returns a patched copy of the model.")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "A HunyuanVideo model (e.g. from Load Diffusion Model)."}),
+            **_config_inputs(),
+        }}
+
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The same model with XAttention in its joint attention (a clone).",)
+    FUNCTION = "patch"
+    CATEGORY = CATEGORY
+
+    def patch(self, model: Any, threshold: float, stride: int, block_size: int, warmup_steps: int,
+              max_density: float, keep_text: bool) -> tuple[Any]:
+        from .native import patch_model
+
+        config = make_config(threshold, stride, block_size, warmup_steps, max_density, keep_text)
+        patched, _ = patch_model(model, config)
+        return (patched,)
+
+
+# -- pipeline ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class XAttnPipe:
+    """What flows along an ``XATTN_PIPE`` link: a diffusers pipeline and the XAttention config to sample with.
+
+    The diffusers pipeline is shared (ComfyUI caches node outputs), so nodes never patch it for longer than
+    one sampling call: ``config`` is applied when sampling and removed afterwards.
+    """
+
+    pipe: Any
+    model: str
+    config: XAttentionConfig | None = None
+
+
+def _dtype(name: str) -> torch.dtype | None:
+    if name not in DTYPES:
+        raise ValueError(f"dtype={name!r} is not one of {DTYPES}")
+    return None if name == "auto" else getattr(torch, name)
+
+
+def _check_pipe(pipe: Any) -> XAttnPipe:
+    if not isinstance(pipe, XAttnPipe):
+        raise TypeError(f"pipe must be an {PIPE_TYPE} from 'XAttention Load Pipeline', got {type(pipe).__name__}")
+    return pipe
+
+
+def _check_sizes(num_frames: int, height: int, width: int, steps: int) -> None:
+    """HunyuanVideo's VAE compresses time by 4 and space by 8; the transformer patchifies by 2."""
+    if num_frames < 1 or (num_frames - 1) % 4:
+        raise ValueError(f"num_frames={num_frames} is not accepted: it must be 4k+1 (1, 5, 9, ..., 129)")
+    for name, v in (("height", height), ("width", width)):
+        if v < 16 or v % 16:
+            raise ValueError(f"{name}={v} is not accepted: it must be a multiple of 16, at least 16")
+    if steps < 1:
+        raise ValueError(f"steps={steps} must be >= 1")
+
+
+def _to_image(video: Any) -> torch.Tensor:
+    """numpy/torch ``[F, H, W, 3]`` in 0..1 -> ComfyUI IMAGE (float32 torch, CPU, clamped)."""
+    t = torch.as_tensor(video)
+    if t.dim() != 4 or t.shape[-1] != 3:
+        raise ValueError(f"expected a video [F, H, W, 3], got shape {tuple(t.shape)}")
+    return t.to(device="cpu", dtype=torch.float32).clamp(0.0, 1.0).contiguous()
+
+
+def _video_inputs() -> dict[str, Any]:
+    return {
+        "prompt": ("STRING", {"multiline": True, "default": "a red fox walks through fresh snow",
+                              "tooltip": "Text prompt."}),
+        "num_frames": ("INT", {"default": 17, "min": 1, "max": 257, "step": 4,
+                               "tooltip": "Frames, 4k+1 (HunyuanVideo's VAE compresses time by 4). 129 at 720p."}),
+        "height": ("INT", {"default": 128, "min": 16, "max": 2048, "step": 16, "tooltip": "Multiple of 16."}),
+        "width": ("INT", {"default": 128, "min": 16, "max": 2048, "step": 16, "tooltip": "Multiple of 16."}),
+        "steps": ("INT", {"default": 8, "min": 1, "max": 200, "tooltip": "Denoising steps."}),
+        "seed": ("INT", {"default": 0, "min": 0, "max": 2**32 - 1, "control_after_generate": True,
+                         "tooltip": "Noise seed."}),
+    }
+
+
+class XAttentionLoadPipeline:
+    """Load the add-on's diffusers HunyuanVideo pipeline: a local diffusers folder, or "tiny"."""
+
+    DESCRIPTION = ("Loads a diffusers HunyuanVideo pipeline from a local folder (model_index.json plus "
+                   "transformer, vae, text_encoder(_2), tokenizer(_2), scheduler), or 'tiny': an embedded "
+                   "random-weight model for trying the nodes on a CPU. Nothing is downloaded.")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "model": ("STRING", {"default": "tiny", "tooltip": "'tiny', or the path of a local diffusers "
+                                                              "HunyuanVideo folder."}),
+            "device": (list(DEVICES), {"default": "auto", "tooltip": "auto = cuda when available."}),
+            "dtype": (list(DTYPES), {"default": "auto", "tooltip": "auto = bfloat16 on cuda, float32 on cpu."}),
+        }}
+
+    RETURN_TYPES = (PIPE_TYPE,)
+    RETURN_NAMES = ("pipe",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, model: str, device: str, dtype: str) -> tuple[XAttnPipe]:
+        from ..pipelines.hunyuan_video import load_pipeline
+
+        if device not in DEVICES:
+            raise ValueError(f"device={device!r} is not one of {DEVICES}")
+        name = model.strip() or "tiny"
+        pipe = load_pipeline(name, device=None if device == "auto" else device, dtype=_dtype(dtype))
+        return (XAttnPipe(pipe=pipe, model=name),)
+
+
+class XAttentionConfigNode:
+    """Build an ``XATTN_CONFIG`` (the add-on's ``XAttentionConfig``)."""
+
+    DESCRIPTION = "XAttention settings for the pipeline nodes."
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": _config_inputs(),
+            "optional": {
+                "dense_layers": ("STRING", {"default": "", "tooltip": "Block indices kept dense (0-based over "
+                                                                       "double then single blocks), e.g. '0, 1, 38-39'."}),
+                "backend": (list(BACKENDS), {"default": "auto", "tooltip": "auto = Triton kernels on CUDA, the "
+                                                                          "PyTorch reference elsewhere."}),
+            },
+        }
+
+    RETURN_TYPES = (CONFIG_TYPE,)
+    RETURN_NAMES = ("config",)
+    FUNCTION = "build"
+    CATEGORY = CATEGORY
+
+    def build(self, threshold: float, stride: int, block_size: int, warmup_steps: int, max_density: float,
+              keep_text: bool, dense_layers: str = "", backend: str = "auto") -> tuple[XAttentionConfig]:
+        return (make_config(threshold, stride, block_size, warmup_steps, max_density, keep_text,
+                            dense_layers=parse_dense_layers(dense_layers), backend=backend),)
+
+
+class XAttentionApply:
+    """Attach an XAttention config to a pipe: sampling with the result uses XAttention."""
+
+    DESCRIPTION = ("Returns a pipe that samples with XAttention. The loaded pipeline itself is not changed, so "
+                   "the original pipe link still samples dense.")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "pipe": (PIPE_TYPE, {"tooltip": "From 'XAttention Load Pipeline'."}),
+            "config": (CONFIG_TYPE, {"tooltip": "From 'XAttention Config'."}),
+        }}
+
+    RETURN_TYPES = (PIPE_TYPE,)
+    RETURN_NAMES = ("pipe",)
+    FUNCTION = "apply"
+    CATEGORY = CATEGORY
+
+    def apply(self, pipe: XAttnPipe, config: XAttentionConfig) -> tuple[XAttnPipe]:
+        pipe = _check_pipe(pipe)
+        if not isinstance(config, XAttentionConfig):
+            raise TypeError(f"config must be an {CONFIG_TYPE}, got {type(config).__name__}")
+        return (XAttnPipe(pipe=pipe.pipe, model=pipe.model, config=config),)
+
+
+class XAttentionSample:
+    """Generate a video with the pipe (dense, or XAttention if the pipe went through 'XAttention Apply')."""
+
+    DESCRIPTION = "Generates a video; returns its frames as an IMAGE batch [F, H, W, 3]."
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"pipe": (PIPE_TYPE, {"tooltip": "A loaded (and optionally XAttention-applied) pipe."}),
+                             **_video_inputs()}}
+
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("frames",)
+    OUTPUT_TOOLTIPS = ("The video frames, [F, H, W, 3] floats in 0..1.",)
+    FUNCTION = "sample"
+    CATEGORY = CATEGORY
+
+    def sample(self, pipe: XAttnPipe, prompt: str, num_frames: int, height: int, width: int, steps: int,
+               seed: int) -> tuple[torch.Tensor]:
+        from ..pipelines.hunyuan_video import generate
+        from ..processors import apply_xattention, remove_xattention
+
+        pipe = _check_pipe(pipe)
+        _check_sizes(num_frames, height, width, steps)
+        kwargs = dict(num_frames=num_frames, height=height, width=width, num_inference_steps=steps, seed=seed)
+        if pipe.config is None:
+            return (_to_image(generate(pipe.pipe, prompt, **kwargs)),)
+        apply_xattention(pipe.pipe, pipe.config)
+        try:
+            video = generate(pipe.pipe, prompt, **kwargs)
+        finally:
+            remove_xattention(pipe.pipe)  # the loaded pipeline is shared: leave it dense
+        return (_to_image(video),)
+
+
+def _fmt(x: Any, spec: str) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, float) and math.isinf(x):
+        return "inf"
+    return format(x, spec)
+
+
+def report_summary(report: dict[str, Any]) -> str:
+    """One readable paragraph from a ``compare`` report: speedup, density, PSNR/SSIM."""
+    timing, density, fid = report.get("timing", {}), report.get("density", {}), report.get("fidelity", {})
+    psnr = (fid.get("psnr") or {}).get("mean")
+    ssim = (fid.get("ssim") or {}).get("mean")
+    lines = [
+        f"speedup (end to end): {_fmt(timing.get('speedup_end_to_end'), '.2f')}x",
+        f"mean density after warmup: {_fmt(density.get('mean_sparse_steps'), '.3f')}",
+        f"PSNR vs dense: {_fmt(psnr, '.2f')} dB, SSIM: {_fmt(ssim, '.4f')}",
+        f"identical to dense: {report.get('identical')}",
+    ]
+    return "\n".join(lines)
+
+
+class XAttentionCompare:
+    """Generate dense and XAttention videos with the same seed; report speedup and fidelity."""
+
+    DESCRIPTION = ("Runs the prompt twice (stock dense attention, then XAttention) with the same seed and shows "
+                   "the end-to-end speedup, the mean block density and PSNR/SSIM of the sparse video against "
+                   "the dense one.")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {"pipe": (PIPE_TYPE, {"tooltip": "A loaded pipe."}), **_video_inputs()},
+            "optional": {
+                "config": (CONFIG_TYPE, {"tooltip": "XAttention settings; if not connected, the config of an "
+                                                    "applied pipe is used."}),
+                "out_dir": ("STRING", {"default": "", "tooltip": "If set, write dense.mp4, sparse.mp4 and the "
+                                                                 "report here (relative to ComfyUI's output folder)."}),
+            },
+        }
+
+    RETURN_TYPES = ("IMAGE", "IMAGE", "STRING")
+    RETURN_NAMES = ("dense_frames", "sparse_frames", "report_json")
+    FUNCTION = "compare"
+    CATEGORY = CATEGORY
+    OUTPUT_NODE = True
+
+    def compare(self, pipe: XAttnPipe, prompt: str, num_frames: int, height: int, width: int, steps: int,
+                seed: int, config: XAttentionConfig | None = None, out_dir: str = "") -> dict[str, Any]:
+        from ..pipelines.hunyuan_video import compare
+
+        pipe = _check_pipe(pipe)
+        _check_sizes(num_frames, height, width, steps)
+        config = config if config is not None else pipe.config
+        if config is None:
+            raise ValueError("no XAttention config: connect 'config', or pass a pipe from 'XAttention Apply'")
+        result = compare(pipe.pipe, prompt, config, num_frames=num_frames, height=height, width=width,
+                         num_inference_steps=steps, seed=seed, out_dir=_resolve_out_dir(out_dir))
+        report_json = json.dumps(result.report, indent=1, default=str)
+        summary = report_summary(result.report)
+        logger.info("xattn_video compare:\n%s", summary)
+        return {
+            "ui": {"text": [summary], "xattn_report": [_ui_report(result.report)]},
+            "result": (_to_image(result.dense_video), _to_image(result.sparse_video), report_json),
+        }
+
+
+def _ui_report(report: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers, for the node's UI/history entry (the full report is the STRING output)."""
+    fid = report.get("fidelity", {})
+    values = {
+        "speedup_end_to_end": report.get("timing", {}).get("speedup_end_to_end"),
+        "mean_density": report.get("density", {}).get("mean_sparse_steps"),
+        "psnr": (fid.get("psnr") or {}).get("mean"),
+        "ssim": (fid.get("ssim") or {}).get("mean"),
+        "identical": report.get("identical"),
+    }
+    # the server sends this as strict JSON: no inf/nan (PSNR of identical videos is inf)
+    return {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
+
+
+def _resolve_out_dir(out_dir: str) -> Path | None:
+    """'' -> None; a relative path goes under ComfyUI's output folder (when running inside ComfyUI)."""
+    out_dir = out_dir.strip()
+    if not out_dir:
+        return None
+    p = Path(out_dir)
+    if p.is_absolute():
+        return p
+    try:
+        import folder_paths  # ComfyUI's; absent when the node is called outside ComfyUI
+    except ImportError:
+        return p
+    return Path(folder_paths.get_output_directory()) / p
+
+
+NODE_CLASS_MAPPINGS: dict[str, type] = {
+    "XAttentionHunyuanVideo": XAttentionHunyuanVideo,
+    "XAttentionLoadPipeline": XAttentionLoadPipeline,
+    "XAttentionConfig": XAttentionConfigNode,
+    "XAttentionApply": XAttentionApply,
+    "XAttentionSample": XAttentionSample,
+    "XAttentionCompare": XAttentionCompare,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
+    "XAttentionHunyuanVideo": "XAttention (HunyuanVideo)",
+    "XAttentionLoadPipeline": "XAttention Load Pipeline",
+    "XAttentionConfig": "XAttention Config",
+    "XAttentionApply": "XAttention Apply",
+    "XAttentionSample": "XAttention Sample",
+    "XAttentionCompare": "XAttention Compare (dense vs sparse)",
+}

@@ -1,0 +1,187 @@
+"""Block-sparse flash attention (forward) in Triton.
+
+Each program owns ``BLOCK_M`` query rows of one (batch, head) and runs the online softmax of Triton's
+fused-attention tutorial over the key blocks its query block keeps (``mask.kv_indices[:kv_counts]``), never
+over the others. Twin: ``reference.block_sparse_attention_reference``.
+
+Example::
+
+    out = block_sparse_attention_triton(q, k, v, mask)      # q, k, v [B, H, N, D] on CUDA, bf16/fp16
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ..block_mask import BlockSparseMask
+from ..config import ceil_div
+
+LOG2E = 1.4426950408889634
+HEAD_DIMS = (64, 128)
+# The interpreter (CPU tests) also runs small head dims, which keep the tests fast.
+INTERPRETER_HEAD_DIMS = (16, 32, 64, 128)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@triton.jit
+def _attn_tile(acc, l_i, m_i, q, k_base, v_base, start_n, kv_len, qk_scale,
+               stride_kn, stride_kd, stride_vn, stride_vd,
+               HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    k_ptrs = k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd  # K^T tile [D, BLOCK_N]
+    v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+    if MASKED:
+        k = tl.load(k_ptrs, mask=offs_n[None, :] < kv_len, other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+    qk = tl.dot(q, k)
+    if MASKED:
+        qk = tl.where(offs_n[None, :] < kv_len, qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    if MASKED:
+        v = tl.load(v_ptrs, mask=offs_n[:, None] < kv_len, other=0.0)
+    else:
+        v = tl.load(v_ptrs)
+    acc = tl.dot(p.to(v.dtype), v, acc)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _bsa_fwd(Q, K, V, O, IDX, CNT, KVLEN, qk_scale,
+             s_qb, s_qh, s_qn, s_qd, s_kb, s_kh, s_kn, s_kd, s_vb, s_vh, s_vn, s_vd, s_ob, s_oh, s_on, s_od,
+             s_ib, s_ih, s_iq, s_ik, s_cb, s_ch, s_cq,
+             H, N_Q,
+             BS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    q_blk = (pid_m * BLOCK_M) // BS
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q_ptrs = Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qn + offs_d[None, :] * s_qd
+    q = tl.load(q_ptrs, mask=offs_m[:, None] < N_Q, other=0.0)
+    k_base = K + b * s_kb + h * s_kh
+    v_base = V + b * s_vb + h * s_vh
+    kv_len = tl.load(KVLEN + b).to(tl.int32)
+    idx_base = IDX + b * s_ib + h * s_ih + q_blk * s_iq
+    count = tl.load(CNT + b * s_cb + h * s_ch + q_blk * s_cq)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    # Kept blocks are ascending and none starts at or past kv_len, so only the last one can hold padded
+    # keys: every other block runs without masks.
+    last = tl.load(idx_base + tl.maximum(count - 1, 0) * s_ik)
+    partial = (count > 0) & ((last + 1) * BS > kv_len)
+    n_full = tl.where(partial, count - 1, count)
+    for i in range(0, n_full):
+        kb = tl.load(idx_base + i * s_ik)
+        for sub in tl.static_range(BS // BLOCK_N):
+            acc, l_i, m_i = _attn_tile(acc, l_i, m_i, q, k_base, v_base, kb * BS + sub * BLOCK_N, kv_len,
+                                       qk_scale, s_kn, s_kd, s_vn, s_vd, HEAD_DIM, BLOCK_N, False)
+    if partial:
+        # the block's first sub-tile holds its (valid) first key, so m_i is finite before any all-padding
+        # sub-tile and exp2(m_i - m_new) never sees -inf - -inf
+        for sub in tl.static_range(BS // BLOCK_N):
+            acc, l_i, m_i = _attn_tile(acc, l_i, m_i, q, k_base, v_base, last * BS + sub * BLOCK_N, kv_len,
+                                       qk_scale, s_kn, s_kd, s_vn, s_vd, HEAD_DIM, BLOCK_N, True)
+    # a row with no kept block (count == 0) outputs zeros, as the reference does
+    acc = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+    o_ptrs = O + b * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_d[None, :] * s_od
+    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=offs_m[:, None] < N_Q)
+
+
+def _prune(configs, named_args, **kwargs):
+    bs = named_args["BS"] if "BS" in named_args else kwargs["BS"]
+    kept = [c for c in configs if bs % c.kwargs["BLOCK_M"] == 0 and bs % c.kwargs["BLOCK_N"] == 0]
+    return kept or configs[:1]
+
+
+# A few H100 configs (tutorial's Hopper choices); the key keeps one tuned choice per shape class.
+_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
+]
+_bsa_fwd_tuned = triton.autotune(_CONFIGS, key=["BS", "HEAD_DIM"], prune_configs_by={"early_config_prune": _prune})(
+    _bsa_fwd
+)
+
+
+def _tile_for(block_size: int) -> int:
+    """Largest power of two <= 128 that divides the mask block (internal tile side)."""
+    t = 128
+    while t > 16 and block_size % t:
+        t //= 2
+    if block_size % t:
+        raise ValueError(f"mask block_size={block_size} is not supported by the Triton kernel; accepted: a "
+                         f"multiple of 16 (e.g. 16, 32, 64, 128)")
+    return t
+
+
+def block_sparse_attention_triton(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockSparseMask, scale: float | None = None
+) -> torch.Tensor:
+    """Attention of each query block over its kept key blocks (keys past ``mask.kv_len`` excluded).
+
+    q ``[B, H, N, D]``, k / v ``[B, H, N_k, D]`` (any strides); float16, bfloat16 or float32 (fp32 runs tf32
+    dots on GPU); head_dim 64 or 128. Returns ``[B, H, N, D]`` in q's dtype.
+    """
+    b, h, n, d = q.shape
+    n_k = k.shape[2]
+    interp = interpreting()
+    dims = INTERPRETER_HEAD_DIMS if interp else HEAD_DIMS
+    if d not in dims:
+        raise ValueError(f"head_dim={d} is not supported by the Triton attention kernel; accepted: {dims}")
+    if q.dtype not in DTYPES or not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"dtypes q={q.dtype}, k={k.dtype}, v={v.dtype} are not supported; accepted: one of "
+                         f"{[str(t) for t in DTYPES]} for all three")
+    if k.shape != v.shape or k.shape[:2] != (b, h) or k.shape[3] != d:
+        raise ValueError(f"k {tuple(k.shape)} / v {tuple(v.shape)} do not fit q {tuple(q.shape)}")
+    bs = mask.block_size
+    tile = _tile_for(bs)
+    qb = ceil_div(n, bs)
+    idx, cnt = mask.kv_indices, mask.kv_counts
+    if idx.shape[0] != b or idx.shape[1] not in (1, h) or idx.shape[2] != qb or idx.shape[3] < ceil_div(n_k, bs) \
+            or cnt.shape != idx.shape[:3]:
+        raise ValueError(f"mask kv_indices {tuple(idx.shape)} / kv_counts {tuple(cnt.shape)} do not fit q "
+                         f"{tuple(q.shape)}, k {tuple(k.shape)} with block_size={bs}")
+    idx = idx.to(device=q.device, dtype=torch.int32)
+    cnt = cnt.to(device=q.device, dtype=torch.int32)
+    kv_len = mask.kv_len.to(device=q.device, dtype=torch.int32).clamp(max=n_k).contiguous()
+    # a mask head dim of 1 broadcasts over heads: stride 0
+    s_ih = idx.stride(1) if idx.shape[1] > 1 else 0
+    s_ch = cnt.stride(1) if cnt.shape[1] > 1 else 0
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    out = torch.empty((b, h, n, d), dtype=q.dtype, device=q.device)
+    args = (q, k, v, out, idx, cnt, kv_len, scale * LOG2E,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            idx.stride(0), s_ih, idx.stride(2), idx.stride(3), cnt.stride(0), s_ch, cnt.stride(2),
+            h, n)
+    if interp or q.device.type != "cuda":
+        block = min(tile, 64)
+        _bsa_fwd[(ceil_div(n, block), b * h)](*args, BS=bs, HEAD_DIM=d, BLOCK_M=block, BLOCK_N=block)
+    elif tile < 64:
+        _bsa_fwd[(ceil_div(n, tile), b * h)](*args, BS=bs, HEAD_DIM=d, BLOCK_M=tile, BLOCK_N=tile,
+                                             num_warps=4, num_stages=3)
+    else:
+        grid = lambda meta: (ceil_div(n, meta["BLOCK_M"]), b * h)  # noqa: E731
+        _bsa_fwd_tuned[grid](*args, BS=bs, HEAD_DIM=d)
+    return out

@@ -1,0 +1,175 @@
+"""XAttention's strided antidiagonal block scores, fused in Triton.
+
+One pass over the strided GEMM ``logits[i, j] = sum_c Q[iS+S-1-c] . K[jS+c] * scale / S`` (rows read straight
+from q and k, no reordered copy). Each program owns ``BLOCK_M`` strided rows of one (batch, head) and one
+split of the strided columns; per column tile it keeps the online-softmax running max ``m`` and sum ``l``
+and writes, per row and key block, ``sum exp(logit - m_tile)`` plus the ``m_tile`` it used. A small second
+kernel merges the splits' ``(m, l)``, rescales the partials to probabilities and sums the rows of each query
+block. The (N/S)^2 logits never reach global memory. Twin: ``reference.strided_block_scores_reference``.
+
+Example::
+
+    scores = strided_block_scores_triton(q, k, block_size=128, stride=16)   # [B, H, QB, KB] float32
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ..config import ceil_div
+from .block_sparse_attention import DTYPES, LOG2E, interpreting
+
+
+@triton.jit
+def _est_partial(Q, K, KVLEN, PART, MT, MS, LS, qk_scale,
+                 s_qb, s_qh, s_qn, s_qd, s_kb, s_kh, s_kn, s_kd,
+                 H, N_Q, NQS, KB, NT, NSPLIT, TILES_PER_SPLIT,
+                 S: tl.constexpr, R: tl.constexpr, HEAD_DIM: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # split fastest: neighbouring programs share the same Q rows, which then stay in L2
+    pid_s = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    bh = pid_bh.to(tl.int64)
+    kv_len = tl.load(KVLEN + b).to(tl.int32)
+    n_cols = (kv_len + S - 1) // S  # strided columns holding at least one valid key
+    t0 = pid_s * TILES_PER_SPLIT
+    t1 = tl.minimum(t0 + TILES_PER_SPLIT, (n_cols + BLOCK_N - 1) // BLOCK_N)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # strided rows
+    offs_d = tl.arange(0, HEAD_DIM)
+    q_base = Q + b * s_qb + h * s_qh
+    k_base = K + b * s_kb + h * s_kh
+    KBT: tl.constexpr = BLOCK_N // R  # key blocks per column tile
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for t in range(t0, t1):
+        offs_j = t * BLOCK_N + tl.arange(0, BLOCK_N)  # strided columns
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for c in range(S):
+            # antidiagonal of each S x S sub-block: query row iS + S-1-c meets key row jS + c
+            q_rows = offs_m * S + (S - 1 - c)
+            k_rows = offs_j * S + c
+            qc = tl.load(q_base + q_rows[:, None] * s_qn + offs_d[None, :] * s_qd, mask=q_rows[:, None] < N_Q,
+                         other=0.0)
+            kc = tl.load(k_base + k_rows[None, :] * s_kn + offs_d[:, None] * s_kd, mask=k_rows[None, :] < kv_len,
+                         other=0.0)
+            acc = tl.dot(qc, kc, acc)
+        # this split's first tile holds a valid column, so m_new is finite from the first tile on
+        acc = tl.where(offs_j[None, :] < n_cols, acc * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(acc, 1))
+        p = tl.math.exp2(acc - m_new[:, None])
+        l_i = l_i * tl.math.exp2(m_i - m_new) + tl.sum(p, 1)
+        m_i = m_new
+        blk = tl.sum(tl.reshape(p, [BLOCK_M, KBT, R]), 2)  # per key block, relative to m_new
+        offs_kb = t * KBT + tl.arange(0, KBT)
+        row_ok = offs_m < NQS
+        tl.store(PART + (bh * NQS + offs_m[:, None]) * KB + offs_kb[None, :], blk,
+                 mask=row_ok[:, None] & (offs_kb[None, :] < KB))
+        tl.store(MT + (bh * NQS + offs_m) * NT + t, m_new, mask=row_ok)
+    row_ok = offs_m < NQS
+    tl.store(MS + (bh * NQS + offs_m) * NSPLIT + pid_s, m_i, mask=row_ok)
+    tl.store(LS + (bh * NQS + offs_m) * NSPLIT + pid_s, l_i, mask=row_ok)
+
+
+@triton.jit
+def _est_finish(PART, MT, MS, LS, KVLEN, OUT, H, N_Q, NQS, QB, KB, NT, NSPLIT,
+                S: tl.constexpr, R: tl.constexpr, BS: tl.constexpr, KBT: tl.constexpr, NSPLIT_P2: tl.constexpr):
+    t = tl.program_id(0)
+    qb = tl.program_id(1)
+    bh = tl.program_id(2).to(tl.int64)
+    kv_len = tl.load(KVLEN + bh // H).to(tl.int32)
+    rows = qb * R + tl.arange(0, R)  # the strided rows of this query block
+    offs_s = tl.arange(0, NSPLIT_P2)
+    ms_ptr = (bh * NQS + rows[:, None]) * NSPLIT + offs_s[None, :]
+    ms = tl.load(MS + ms_ptr, mask=offs_s[None, :] < NSPLIT, other=float("-inf"))
+    ls = tl.load(LS + ms_ptr, mask=offs_s[None, :] < NSPLIT, other=0.0)
+    m_f = tl.max(ms, 1)  # finite: split 0 always sees column 0
+    l_f = tl.sum(ls * tl.math.exp2(ms - m_f[:, None]), 1)
+    offs_kb = t * KBT + tl.arange(0, KBT)
+    # tiles past the valid keys were never computed: their blocks score 0 (never read what they hold)
+    kb_ok = (offs_kb < KB) & (offs_kb * BS < kv_len)
+    tile_ok = t * KBT * BS < kv_len
+    m_t = tl.load(MT + (bh * NQS + rows) * NT + t, mask=(rows >= 0) & tile_ok, other=0.0)
+    w = tl.where(rows * S < N_Q, tl.math.exp2(m_t - m_f) / l_f, 0.0)  # rows of padded queries count 0
+    part = tl.load(PART + (bh * NQS + rows[:, None]) * KB + offs_kb[None, :], mask=kb_ok[None, :], other=0.0)
+    out = tl.where(kb_ok, tl.sum(part * w[:, None], 0), 0.0)
+    tl.store(OUT + (bh * QB + qb) * KB + offs_kb, out, mask=offs_kb < KB)
+
+
+def _pow2(x: int) -> bool:
+    return x > 0 and x & (x - 1) == 0
+
+
+def strided_block_scores_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    block_size: int,
+    stride: int,
+    kv_len: torch.Tensor | None = None,
+    scale: float | None = None,
+    *,
+    block_m: int | None = None,
+    block_n: int | None = None,
+    num_splits: int | None = None,
+) -> torch.Tensor:
+    """XAttention's estimate ``[B, H, QB, KB]`` float32, fused (same function as the reference twin).
+
+    q ``[B, H, N, D]``, k ``[B, H, N_k, D]`` (any strides), float16 / bfloat16 / float32. ``block_size //
+    stride`` must be a power of two. ``block_m`` / ``block_n`` (strided rows / columns per tile) and
+    ``num_splits`` (column splits per row tile) override the tuned defaults; tests use them.
+    """
+    b, h, n, d = q.shape
+    n_k = k.shape[2]
+    if q.dtype not in DTYPES or q.dtype != k.dtype:
+        raise ValueError(f"dtypes q={q.dtype}, k={k.dtype} are not supported; accepted: one of "
+                         f"{[str(t) for t in DTYPES]} for both")
+    if k.shape[:2] != (b, h) or k.shape[3] != d:
+        raise ValueError(f"k {tuple(k.shape)} does not fit q {tuple(q.shape)}")
+    if not _pow2(d) or d < 16:
+        raise ValueError(f"head_dim={d} is not supported by the Triton estimate; accepted: a power of two >= 16")
+    if stride < 1 or block_size % stride or not _pow2(block_size // stride):
+        raise ValueError(f"block_size={block_size} / stride={stride} is not supported by the Triton estimate; "
+                         f"accepted: block_size // stride a power of two (e.g. 128 / 16, 128 / 8)")
+    r = block_size // stride  # strided rows (and columns) per block
+    qb, kb = ceil_div(n, block_size), ceil_div(n_k, block_size)
+    nqs, nks = qb * r, kb * r
+    interp = interpreting() or q.device.type != "cuda"
+    bm = block_m or (16 if interp else 128)
+    bn = max(block_n or (16 if interp else 128), r)
+    if not (_pow2(bm) and _pow2(bn)):
+        raise ValueError(f"block_m={bm}, block_n={bn} must be powers of two")
+    nt = ceil_div(nks, bn)
+    n_row_tiles = ceil_div(nqs, bm)
+    if num_splits is None:
+        # enough programs to fill the GPU while neighbouring splits share their Q rows in L2
+        num_splits = 1 if interp else max(1, min(nt, ceil_div(4 * 132, n_row_tiles * b * h), 8))
+    num_splits = max(1, min(num_splits, nt))
+    tiles_per_split = ceil_div(nt, num_splits)
+    num_splits = ceil_div(nt, tiles_per_split)
+
+    kv = (torch.full((b,), n_k, dtype=torch.int32, device=q.device) if kv_len is None
+          else kv_len.to(device=q.device, dtype=torch.int32).clamp(max=n_k).contiguous())
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    dev = q.device
+    part = torch.empty((b * h, nqs, kb), dtype=torch.float32, device=dev)
+    m_tile = torch.empty((b * h, nqs, nt), dtype=torch.float32, device=dev)
+    m_split = torch.empty((b * h, nqs, num_splits), dtype=torch.float32, device=dev)
+    l_split = torch.empty_like(m_split)
+    out = torch.empty((b, h, qb, kb), dtype=torch.float32, device=dev)
+    extra = {} if interp else {"num_warps": 8, "num_stages": 3}
+    _est_partial[(num_splits, n_row_tiles, b * h)](
+        q, k, kv, part, m_tile, m_split, l_split, scale / stride * LOG2E,
+        *q.stride(), *k.stride(),
+        h, n, nqs, kb, nt, num_splits, tiles_per_split,
+        S=stride, R=r, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, **extra)
+    _est_finish[(nt, qb, b * h)](
+        part, m_tile, m_split, l_split, kv, out, h, n, nqs, qb, kb, nt, num_splits,
+        S=stride, R=r, BS=block_size, KBT=bn // r, NSPLIT_P2=triton.next_power_of_2(num_splits))
+    return out

@@ -1,0 +1,296 @@
+"""HunyuanVideo with XAttention: load a pipeline, generate with timings, compare dense vs sparse.
+
+Example::
+
+    from xattn_video import XAttentionConfig
+    from xattn_video.pipelines.hunyuan_video import compare, load_pipeline
+    pipe = load_pipeline()                       # the embedded tiny model; or load_pipeline("/models/hunyuan")
+    result = compare(pipe, "a red fox in the snow", XAttentionConfig.load("configs/tiny_cpu.yaml"),
+                     out_dir="out/compare")
+    print(result.report["timing"]["speedup_end_to_end"], result.report["fidelity"]["psnr"]["mean"])
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import XAttentionConfig
+from ..processors import _transformer_of, apply_xattention, remove_xattention
+from .tiny import TINY_DEFAULTS, tiny_call_kwargs, tiny_pipeline
+
+REQUIRED_SUBFOLDERS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_pipeline(model: str | Path | None = None, device: str | torch.device | None = None,
+                  dtype: torch.dtype | None = None) -> Any:
+    """A HunyuanVideo pipeline: the embedded tiny one (``None`` or ``"tiny"``) or real weights from a local
+    diffusers folder (``model_index.json`` plus the seven component subfolders). Nothing is downloaded."""
+    device = torch.device(device) if device is not None else default_device()
+    if model is None or str(model) == "tiny":
+        return tiny_pipeline(seed=0, device=device, dtype=dtype or torch.float32)
+    path = Path(model)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model folder {str(path)!r} does not exist (give a local diffusers HunyuanVideo "
+                                "folder, or omit --model for the embedded tiny model)")
+    missing = [p for p in ("model_index.json", *REQUIRED_SUBFOLDERS) if not (path / p).exists()]
+    if missing:
+        raise ValueError(f"model folder {str(path)!r} is incomplete: missing {', '.join(missing)} "
+                         "(expected a diffusers HunyuanVideo folder)")
+    from diffusers import HunyuanVideoPipeline
+
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    pipe = HunyuanVideoPipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+    pipe.vae.enable_tiling()
+    pipe.to(device)
+    pipe.xattn_model_name = str(path)
+    return pipe
+
+
+def model_name(pipe: Any) -> str:
+    return getattr(pipe, "xattn_model_name", type(pipe).__name__)
+
+
+def _call_kwargs(pipe: Any) -> dict:
+    return tiny_call_kwargs() if model_name(pipe) == "tiny" else {}
+
+
+# -- timing ----------------------------------------------------------------------------------------------
+
+class _Clock:
+    """Wall time that waits for the GPU first, so host timestamps cover the device work."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+
+class _TimedProcessor:
+    """Wraps a block's attention processor and adds its wall time to the current step's total. The explicit
+    signature matters: diffusers' Attention passes only the keyword arguments a processor's signature names."""
+
+    def __init__(self, inner: Any, timer: "_RunTimer") -> None:
+        self.inner, self.timer = inner, timer
+
+    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, image_rotary_emb: Any = None) -> Any:
+        args = (attn, hidden_states)
+        kwargs = {"encoder_hidden_states": encoder_hidden_states, "attention_mask": attention_mask,
+                  "image_rotary_emb": image_rotary_emb}
+        if not self.timer.cuda:
+            t0 = time.perf_counter()
+            out = self.inner(*args, **kwargs)
+            self.timer.add_attention(time.perf_counter() - t0)
+            return out
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = self.inner(*args, **kwargs)
+        end.record()
+        self.timer.add_event_pair(start, end)
+        return out
+
+
+@dataclass
+class _RunTimer:
+    """Per-step wall time (first transformer call of a step to the pipeline's step-end callback) and the time
+    inside the block attention processors (CUDA events on GPU, perf counters on CPU)."""
+
+    clock: _Clock
+    first_start: float | None = None
+    step_start: float | None = None
+    step_s: list[float] = field(default_factory=list)
+    attention_s: list[float] = field(default_factory=list)
+    _pending: list[tuple[Any, Any]] = field(default_factory=list)
+    _attn: float = 0.0
+    denoise_end: float = 0.0
+
+    @property
+    def cuda(self) -> bool:
+        return self.clock.cuda
+
+    def add_attention(self, seconds: float) -> None:
+        self._attn += seconds
+
+    def add_event_pair(self, start: Any, end: Any) -> None:
+        self._pending.append((start, end))
+
+    def on_transformer_call(self, *_: Any, **__: Any) -> None:
+        if self.step_start is None:
+            self.step_start = self.clock.now()
+            if self.first_start is None:
+                self.first_start = self.step_start
+
+    def on_step_end(self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
+        now = self.clock.now()
+        self.step_s.append(now - (self.step_start if self.step_start is not None else now))
+        attn = self._attn + sum(s.elapsed_time(e) for s, e in self._pending) / 1000.0
+        self.attention_s.append(attn)
+        self._attn, self._pending, self.step_start = 0.0, [], None
+        self.denoise_end = now
+        return callback_kwargs
+
+
+@dataclass
+class Generation:
+    """A finished video and how long each part took."""
+
+    video: np.ndarray  # [F, H, W, 3] float32 in 0..1
+    total_s: float
+    denoise_s: float
+    decode_s: float
+    step_s: list[float]
+    attention_s: list[float]
+
+    def timing(self) -> dict[str, Any]:
+        return {"total_s": self.total_s, "denoise_s": self.denoise_s, "decode_s": self.decode_s,
+                "step_s": self.step_s, "attention_s": self.attention_s}
+
+
+def _block_processor_names(model: Any) -> list[str]:
+    return [k for k in model.attn_processors if k.startswith(("transformer_blocks.", "single_transformer_blocks."))]
+
+
+def timed_generate(pipe: Any, prompt: str, *, num_frames: int, height: int, width: int,
+                   num_inference_steps: int, seed: int = 0, guidance_scale: float = 6.0,
+                   progress: bool = True) -> Generation:
+    """Generate one video and time each denoising step, the attention processors and the VAE decode."""
+    model = _transformer_of(pipe)
+    device = pipe._execution_device if hasattr(pipe, "_execution_device") else default_device()
+    timer = _RunTimer(_Clock(torch.device(device)))
+    current = dict(model.attn_processors)
+    wrapped = {k: (_TimedProcessor(p, timer) if k in set(_block_processor_names(model)) else p)
+               for k, p in current.items()}
+    model.set_attn_processor(wrapped)
+    hook = model.register_forward_pre_hook(timer.on_transformer_call)
+    pipe.set_progress_bar_config(disable=not progress)
+    try:
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        t0 = timer.clock.now()
+        out = pipe(prompt=prompt, num_frames=num_frames, height=height, width=width,
+                   num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=generator,
+                   output_type="np", callback_on_step_end=timer.on_step_end, **_call_kwargs(pipe))
+        t1 = timer.clock.now()
+    finally:
+        hook.remove()
+        _restore_processors(model, current)
+    video = np.asarray(out.frames[0], dtype=np.float32)
+    denoise_start = timer.first_start if timer.first_start is not None else timer.denoise_end
+    return Generation(video=video, total_s=t1 - t0, denoise_s=timer.denoise_end - denoise_start,
+                      decode_s=t1 - timer.denoise_end, step_s=timer.step_s, attention_s=timer.attention_s)
+
+
+def _restore_processors(model: Any, processors: dict) -> None:
+    model.set_attn_processor(dict(processors))
+
+
+def generate(pipe: Any, prompt: str, *, num_frames: int, height: int, width: int, num_inference_steps: int,
+             seed: int = 0, progress: bool = True) -> np.ndarray:
+    """Generate one video with whatever attention the pipeline has: ``[F, H, W, 3]`` float32 in 0..1."""
+    return timed_generate(pipe, prompt, num_frames=num_frames, height=height, width=width,
+                          num_inference_steps=num_inference_steps, seed=seed, progress=progress).video
+
+
+# -- dense vs sparse -------------------------------------------------------------------------------------
+
+@dataclass
+class Comparison:
+    dense_video: np.ndarray
+    sparse_video: np.ndarray
+    report: dict[str, Any]
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def compare(pipe: Any, prompt: str, config: XAttentionConfig, *, num_frames: int | None = None,
+            height: int | None = None, width: int | None = None, num_inference_steps: int | None = None,
+            seed: int = 0, out_dir: str | Path | None = None, lpips_weights: str | None = None,
+            vbench_weights: str | None = None, progress: bool = True) -> Comparison:
+    """Generate ``prompt`` twice with the same seed, stock dense attention then XAttention, and report the
+    speedup (per step and end to end, attention vs the rest), the densities used and the fidelity of the
+    sparse video to the dense one. With ``out_dir``: ``dense.mp4``, ``sparse.mp4`` and the report files.
+    The pipeline's attention processors are left as they were."""
+    from ..metrics.fidelity import fidelity_report
+    from ..metrics.vbench import vbench_dimensions
+
+    sizes = {"num_frames": num_frames, "height": height, "width": width, "num_inference_steps": num_inference_steps}
+    sizes = {k: (v if v is not None else TINY_DEFAULTS[k]) for k, v in sizes.items()}
+    model = _transformer_of(pipe)
+    before = dict(model.attn_processors)
+    remove_xattention(model)
+    try:
+        dense = timed_generate(pipe, prompt, seed=seed, progress=progress, **sizes)
+        state = apply_xattention(model, config)
+        sparse = timed_generate(pipe, prompt, seed=seed, progress=progress, **sizes)
+        densities = state.density_table()
+        layer_names = [state.layer_names.get(i, str(i)) for i in range(len(state.layer_names))]
+        head_densities = {
+            s: {l: np.mean(v, axis=0).tolist() for l, v in layers.items()}
+            for s, layers in state.head_densities.items()
+        }
+    finally:
+        remove_xattention(model)
+        _restore_processors(model, before)
+
+    steps = sizes["num_inference_steps"]
+    per_step_layer = [[densities.get(s, {}).get(l) for l in range(len(layer_names))] for s in range(steps)]
+    sparse_steps = [s for s in range(config.warmup_steps, steps)]
+    sparse_values = [d for s in sparse_steps for d in per_step_layer[s] if d is not None]
+    fidelity = fidelity_report(dense.video, sparse.video, lpips_weights=lpips_weights)
+    report: dict[str, Any] = {
+        "prompt": prompt,
+        "seed": seed,
+        "model": model_name(pipe),
+        "device": _device_name(pipe),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        **sizes,
+        "warmup_steps": config.warmup_steps,
+        "config": config.to_dict(),
+        "timing": {
+            "dense": dense.timing(),
+            "sparse": sparse.timing(),
+            "speedup_end_to_end": dense.total_s / sparse.total_s,
+            "speedup_denoise": dense.denoise_s / sparse.denoise_s if sparse.denoise_s else None,
+            "speedup_per_step": [d / s if s else None for d, s in zip(dense.step_s, sparse.step_s)],
+            "warmup_step_indices": list(range(min(config.warmup_steps, steps))),
+        },
+        "density": {
+            "layers": layer_names,
+            "per_step_layer": per_step_layer,
+            "mean_sparse_steps": float(np.mean(sparse_values)) if sparse_values else None,
+            "per_head": {str(s): {str(l): v for l, v in layers.items()} for s, layers in head_densities.items()},
+        },
+        "fidelity": fidelity,
+        "vbench": {"dense": vbench_dimensions(dense.video, weights_dir=vbench_weights),
+                   "sparse": vbench_dimensions(sparse.video, weights_dir=vbench_weights)},
+        "identical": bool(np.array_equal(dense.video, sparse.video)),
+    }
+    result = Comparison(dense.video, sparse.video, report)
+    if out_dir is not None:
+        from ..video_io import write_mp4
+        from .report import write_report
+
+        out = Path(out_dir)
+        result.files = {"dense_mp4": write_mp4(dense.video, out / "dense.mp4"),
+                        "sparse_mp4": write_mp4(sparse.video, out / "sparse.mp4")}
+        result.files.update(write_report(out, report, dense.video, sparse.video))
+    return result
+
+
+def _device_name(pipe: Any) -> str:
+    device = torch.device(getattr(pipe, "_execution_device", "cpu"))
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()})"
