@@ -58,5 +58,6 @@ def import_comfy() -> Path:
 
     comfy.cli_args.args.cpu = True
     import comfy.model_management  # noqa: F401
+    import utils.install_util  # noqa: F401  ComfyUI's utils package, before nodes.py puts comfy/ (with utils.py) first
 
     return path

@@ -119,6 +119,7 @@ _CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),  # mask blocks of 64
 ]
 _bsa_fwd_tuned = triton.autotune(_CONFIGS, key=["BS", "HEAD_DIM"], prune_configs_by={"early_config_prune": _prune})(
     _bsa_fwd

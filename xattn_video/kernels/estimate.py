@@ -103,6 +103,23 @@ def _est_finish(PART, MT, MS, LS, KVLEN, OUT, H, N_Q, NQS, QB, KB, NT, NSPLIT,
     tl.store(OUT + (bh * QB + qb) * KB + offs_kb, out, mask=offs_kb < KB)
 
 
+_STAGES: dict[tuple, int] = {}
+
+
+def _launch_gpu(grid: tuple, args: tuple, meta: dict, num_warps: int, num_stages: int | None) -> None:
+    """Launch with 3 pipeline stages, or 2 where 3 do not fit in shared memory (remembered per shape)."""
+    key = tuple(sorted(meta.items())) + (args[0].dtype, num_warps)
+    tries = [num_stages] if num_stages else [_STAGES[key]] if key in _STAGES else [3, 2]
+    for stages in tries:
+        try:
+            _est_partial[grid](*args, **meta, num_warps=num_warps, num_stages=stages)
+            _STAGES[key] = stages
+            return
+        except triton.runtime.errors.OutOfResources:
+            if stages == tries[-1]:
+                raise
+
+
 def _pow2(x: int) -> bool:
     return x > 0 and x & (x - 1) == 0
 
@@ -118,12 +135,15 @@ def strided_block_scores_triton(
     block_m: int | None = None,
     block_n: int | None = None,
     num_splits: int | None = None,
+    num_warps: int = 8,
+    num_stages: int | None = None,
 ) -> torch.Tensor:
     """XAttention's estimate ``[B, H, QB, KB]`` float32, fused (same function as the reference twin).
 
     q ``[B, H, N, D]``, k ``[B, H, N_k, D]`` (any strides), float16 / bfloat16 / float32. ``block_size //
     stride`` must be a power of two. ``block_m`` / ``block_n`` (strided rows / columns per tile) and
-    ``num_splits`` (column splits per row tile) override the tuned defaults; tests use them.
+    ``num_splits`` (column splits per row tile), ``num_warps`` and ``num_stages`` override the tuned
+    defaults (tests and tuning sweeps use them).
     """
     b, h, n, d = q.shape
     n_k = k.shape[2]
@@ -148,8 +168,9 @@ def strided_block_scores_triton(
     nt = ceil_div(nks, bn)
     n_row_tiles = ceil_div(nqs, bm)
     if num_splits is None:
-        # enough programs to fill the GPU while neighbouring splits share their Q rows in L2
-        num_splits = 1 if interp else max(1, min(nt, ceil_div(4 * 132, n_row_tiles * b * h), 8))
+        # a row tile's Q rows (BLOCK_M * S rows) are re-read for every column tile: splitting the columns
+        # over neighbouring programs lets them share those rows in L2 instead of HBM
+        num_splits = 1 if interp else min(nt, 8)
     num_splits = max(1, min(num_splits, nt))
     tiles_per_split = ceil_div(nt, num_splits)
     num_splits = ceil_div(nt, tiles_per_split)
@@ -163,12 +184,14 @@ def strided_block_scores_triton(
     m_split = torch.empty((b * h, nqs, num_splits), dtype=torch.float32, device=dev)
     l_split = torch.empty_like(m_split)
     out = torch.empty((b, h, qb, kb), dtype=torch.float32, device=dev)
-    extra = {} if interp else {"num_warps": 8, "num_stages": 3}
-    _est_partial[(num_splits, n_row_tiles, b * h)](
-        q, k, kv, part, m_tile, m_split, l_split, scale / stride * LOG2E,
-        *q.stride(), *k.stride(),
-        h, n, nqs, kb, nt, num_splits, tiles_per_split,
-        S=stride, R=r, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, **extra)
+    args = (q, k, kv, part, m_tile, m_split, l_split, scale / stride * LOG2E, *q.stride(), *k.stride(),
+            h, n, nqs, kb, nt, num_splits, tiles_per_split)
+    grid = (num_splits, n_row_tiles, b * h)
+    meta = dict(S=stride, R=r, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn)
+    if interp:
+        _est_partial[grid](*args, **meta)
+    else:
+        _launch_gpu(grid, args, meta, num_warps, num_stages)
     _est_finish[(nt, qb, b * h)](
         part, m_tile, m_split, l_split, kv, out, h, n, nqs, qb, kb, nt, num_splits,
         S=stride, R=r, BS=block_size, KBT=bn // r, NSPLIT_P2=triton.next_power_of_2(num_splits))

@@ -1,0 +1,20 @@
+"""The README's promises about the repository itself."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci_command = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert "pytest" in ci_command
+    assert f"```bash\n{ci_command}\n```" in readme
+
+
+def test_presets_load():
+    from xattn_video.config import load_config, preset_names
+
+    assert {"tiny_cpu", "hunyuan_720p_quality", "hunyuan_720p_fast"} <= set(preset_names())
+    assert load_config("hunyuan_720p_quality").threshold == 0.95
+    assert load_config("hunyuan_720p_fast").threshold == 0.9
