@@ -7,7 +7,6 @@ import copy
 
 import pytest
 import torch
-
 from comfyui_env import import_comfy
 
 import_comfy()

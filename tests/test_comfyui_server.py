@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from comfyui_env import NODE_FOLDER, WORKFLOWS, require_comfyui
 
 COMFY = require_comfyui()
@@ -47,7 +46,8 @@ class Server:
         (base / "custom_nodes" / "comfyui_xattn").symlink_to(NODE_FOLDER, target_is_directory=True)
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--base-directory", str(base), "--database-url", "sqlite:///:memory:", "--disable-auto-launch"]
+               "--base-directory", str(base), "--database-url", f"sqlite:///{base / 'comfyui.db'}",
+               "--disable-auto-launch"]
         self.log_file = open(self.log, "w")
         self.proc = subprocess.Popen(cmd, cwd=COMFY, env=env, stdout=self.log_file, stderr=subprocess.STDOUT)
 
@@ -133,7 +133,6 @@ def test_tiny_pipeline_workflow(server):
         assert im.n_frames == sample["num_frames"]
 
     summary = outputs["6"]["text"][0]
-    print(summary, outputs["6"]["xattn_report"], server.tail(30))
     assert "speedup" in summary and "PSNR" in summary
     (numbers,) = outputs["6"]["xattn_report"]
     assert numbers["speedup_end_to_end"] > 0

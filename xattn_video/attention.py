@@ -11,6 +11,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -110,15 +111,29 @@ def dense_attention(
     One sample (or equal lengths): slice the valid keys and run unmasked SDPA, which keeps PyTorch on its
     fastest kernels (a boolean mask sends it to a slower one). Several lengths: a boolean key mask.
     """
-    n_k = k.shape[2]
-    if kv_len is None:
-        return F.scaled_dot_product_attention(q, k, v)
-    lengths = kv_len.tolist()
-    if min(lengths) == max(lengths):
-        n = int(lengths[0])
-        return F.scaled_dot_product_attention(q, k[:, :, :n], v[:, :, :n])
-    key_ok = torch.arange(n_k, device=q.device)[None, :] < kv_len.to(q.device)[:, None]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=key_ok[:, None, None, :])
+    with _fastest_sdpa(q):
+        if kv_len is None:
+            return F.scaled_dot_product_attention(q, k, v)
+        lengths = kv_len.tolist()
+        if min(lengths) == max(lengths):
+            n = int(lengths[0])
+            return F.scaled_dot_product_attention(q, k[:, :, :n], v[:, :, :n])
+        key_ok = torch.arange(k.shape[2], device=q.device)[None, :] < kv_len.to(q.device)[:, None]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_ok[:, None, None, :])
+
+
+def _fastest_sdpa(q: torch.Tensor):
+    """On CUDA, ask SDPA for cuDNN first (fastest on Hopper for head_dim 128), then flash, efficient, math."""
+    if not q.is_cuda:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+             SDPBackend.MATH]
+    try:
+        return sdpa_kernel(order, set_priority=True)
+    except TypeError:  # torch < 2.6 has no priority order: let SDPA choose
+        return contextlib.nullcontext()
 
 
 def xattention(

@@ -71,6 +71,12 @@ def _config_inputs() -> dict[str, Any]:
     }
 
 
+_DENSE_LAYERS_INPUT = ("STRING", {
+    "default": "",
+    "tooltip": "Block indices kept dense (0-based over the double, then the single blocks), e.g. '0, 1, 38-39'.",
+})
+
+
 def make_config(threshold: float, stride: int, block_size: int, warmup_steps: int, max_density: float,
                 keep_text: bool, **extra: Any) -> XAttentionConfig:
     """An ``XAttentionConfig`` from node inputs (``max_density`` 0 = off).
@@ -132,7 +138,7 @@ class XAttentionHunyuanVideo:
         return {"required": {
             "model": ("MODEL", {"tooltip": "A HunyuanVideo model (e.g. from Load Diffusion Model)."}),
             **_config_inputs(),
-        }}
+        }, "optional": {"dense_layers": _DENSE_LAYERS_INPUT}}
 
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
@@ -141,10 +147,11 @@ class XAttentionHunyuanVideo:
     CATEGORY = CATEGORY
 
     def patch(self, model: Any, threshold: float, stride: int, block_size: int, warmup_steps: int,
-              max_density: float, keep_text: bool) -> tuple[Any]:
+              max_density: float, keep_text: bool, dense_layers: str = "") -> tuple[Any]:
         from .native import patch_model
 
-        config = make_config(threshold, stride, block_size, warmup_steps, max_density, keep_text)
+        config = make_config(threshold, stride, block_size, warmup_steps, max_density, keep_text,
+                             dense_layers=parse_dense_layers(dense_layers))
         patched, _ = patch_model(model, config)
         return (patched,)
 
@@ -250,8 +257,7 @@ class XAttentionConfigNode:
         return {
             "required": _config_inputs(),
             "optional": {
-                "dense_layers": ("STRING", {"default": "", "tooltip": "Block indices kept dense (0-based over "
-                                                                       "double then single blocks), e.g. '0, 1, 38-39'."}),
+                "dense_layers": _DENSE_LAYERS_INPUT,
                 "backend": (list(BACKENDS), {"default": "auto", "tooltip": "auto = Triton kernels on CUDA, the "
                                                                           "PyTorch reference elsewhere."}),
             },

@@ -1,0 +1,351 @@
+"""Full-size HunyuanVideo transformer step on one GPU: stock processor vs ours (dense, XAttention).
+
+diffusers' ``HunyuanVideoTransformer3DModel`` at its published configuration (20 double- + 40 single-stream
+blocks, 24 heads x 128, patch 1x2x2), random bf16 weights made on the GPU, one forward = one denoising step,
+256 text tokens of which ``--valid-text`` are real (the rest is padding diffusers masks). In one run:
+
+- stock: diffusers' HunyuanVideoAttnProcessor2_0 (SDPA with the key-padding mask; the backend it picked is
+  read off the profiler and printed);
+- ours, tau = 1: our processor, dense and padding-aware (padded text keys sliced off, unmasked SDPA);
+- XAttention at tau = 0.9 / 0.95, and at tau = 0.9 capped by max_density 0.3 / 0.15.
+
+Per row: forward ms, speedup vs stock and vs ours-dense, time in attention kernels / estimate / the rest
+(torch profiler, by kernel), achieved density, peak memory, relative L2 error of the output vs stock.
+Then the end-to-end figure for a 50-step schedule with 0 / 5 / 10 dense warmup steps: the measured dense and
+sparse step times summed with a VAE decode measured once at that size (``--vae``; tiled decode). With
+``--structured``: one attention layer at 720p fed structured video-like Q/K/V (xattn_video.synthetic) per
+tau in {0.8, 0.9, 0.95}: density, attention speedup vs cuDNN dense, relative L2 error and cosine similarity.
+
+    python benchmarks/bench_transformer.py --sizes 544p,720p --vae --structured --out $OUT/transformer.json
+    python benchmarks/bench_transformer.py --tiny          # CPU smoke test of this script (small model)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from xattn_video import XAttentionConfig, apply_xattention, remove_xattention  # noqa: E402
+from xattn_video.attention import dense_attention, xattention  # noqa: E402
+
+LATENT = {"544p": (33, 68, 120), "720p": (33, 90, 160)}  # 129 frames -> 33 latent frames; 8x VAE
+TINY_LATENT = {"tiny": (3, 16, 16)}
+ROWS = [  # name, config (None = stock processor)
+    ("stock", None),
+    ("ours tau=1 (dense)", dict(threshold=1.0)),
+    ("xattn tau=0.95", dict(threshold=0.95)),
+    ("xattn tau=0.9", dict(threshold=0.9)),
+    ("xattn max_density=0.3", dict(threshold=0.9, max_density=0.3)),
+    ("xattn max_density=0.15", dict(threshold=0.9, max_density=0.15)),
+]
+ATTN_KERNELS = ("_bsa_fwd", "fmha", "flash", "cudnn", "attention", "sdpa", "efficient")
+ESTIMATE_KERNELS = ("_strided", "estimate", "_scores", "sort", "cumsum", "scatter")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def build_model(device: torch.device, dtype: torch.dtype, tiny: bool):
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    torch.manual_seed(0)
+    kwargs = {} if not tiny else dict(num_attention_heads=2, attention_head_dim=64, num_layers=1,
+                                      num_single_layers=1, num_refiner_layers=1, text_embed_dim=32,
+                                      pooled_projection_dim=16, rope_axes_dim=(16, 24, 24))
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):  # initialise on the GPU directly, no CPU round trip
+            model = HunyuanVideoTransformer3DModel(**kwargs)
+    finally:
+        torch.set_default_dtype(previous)
+    return model.eval().requires_grad_(False)
+
+
+def make_inputs(model, latent: tuple[int, int, int], text: int, valid_text: int, device, dtype) -> dict:
+    g = torch.Generator(device=device).manual_seed(1)
+    t, h, w = latent
+    cfg = model.config
+    mask = torch.zeros(1, text, dtype=torch.long, device=device)
+    mask[:, :valid_text] = 1
+    return dict(
+        hidden_states=torch.randn(1, cfg.in_channels, t, h, w, generator=g, device=device, dtype=dtype),
+        timestep=torch.tensor([900.0], device=device),
+        encoder_hidden_states=torch.randn(1, text, cfg.text_embed_dim, generator=g, device=device, dtype=dtype),
+        encoder_attention_mask=mask,
+        pooled_projections=torch.randn(1, cfg.pooled_projection_dim, generator=g, device=device, dtype=dtype),
+        guidance=torch.tensor([6000.0], device=device, dtype=dtype),
+        return_dict=False,
+    )
+
+
+def kernel_breakdown(prof) -> dict[str, float]:
+    """GPU time (ms) by kernel family from a torch profiler run."""
+    out = {"attention_ms": 0.0, "estimate_ms": 0.0, "rest_ms": 0.0}
+    names: dict[str, float] = {}
+    for evt in prof.key_averages():
+        t = getattr(evt, "device_time_total", getattr(evt, "cuda_time_total", 0.0)) / 1e3
+        if t <= 0 or evt.key.startswith(("aten::", "cuda", "Memcpy", "Memset")) or evt.key.startswith("ProfilerStep"):
+            continue
+        key = evt.key.lower()
+        names[evt.key] = t
+        if any(k in key for k in ATTN_KERNELS):
+            out["attention_ms"] += t
+        elif any(k in key for k in ESTIMATE_KERNELS):
+            out["estimate_ms"] += t
+        else:
+            out["rest_ms"] += t
+    top = sorted(names.items(), key=lambda kv: -kv[1])[:8]
+    out["top_kernels"] = [[k[:90], round(v, 2)] for k, v in top]
+    return out
+
+
+def time_forward(model, inputs, device, profile: bool) -> tuple[float, torch.Tensor, dict]:
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    breakdown: dict[str, Any] = {}
+    if profile and device.type == "cuda":
+        from torch.profiler import ProfilerActivity, profile as torch_profile
+
+        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            t0 = time.perf_counter()
+            out = model(**inputs)[0]
+            sync(device)
+            ms = (time.perf_counter() - t0) * 1e3
+        breakdown = kernel_breakdown(prof)
+    else:
+        t0 = time.perf_counter()
+        out = model(**inputs)[0]
+        sync(device)
+        ms = (time.perf_counter() - t0) * 1e3
+    breakdown["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    return ms, out, breakdown
+
+
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.float(), b.float()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def bench_size(model, name: str, latent, args, device, dtype, backend: str) -> list[dict]:
+    inputs = make_inputs(model, latent, args.text, args.valid_text, device, dtype)
+    n_video = latent[0] * (latent[1] // 2) * (latent[2] // 2)
+    rows, reference = [], None
+    for label, overrides in ROWS:
+        if overrides is None:
+            remove_xattention(model)
+            state = None
+        else:
+            cfg = XAttentionConfig(warmup_steps=0, backend=backend, **({"block_size": 64, "stride": 8} if args.tiny
+                                                                       else {}), **overrides)
+            state = apply_xattention(model, cfg)
+        with torch.no_grad():
+            ms, out, breakdown = time_forward(model, inputs, device, profile=not args.no_profile)
+        if reference is None:
+            reference = out.clone()
+        densities = [d for layers in (state.density_table().values() if state else []) for d in layers.values()]
+        row = {
+            "size": name, "tokens": n_video + args.text, "row": label, "forward_ms": ms,
+            "density": sum(densities) / len(densities) if densities else 1.0,
+            "rel_l2_vs_stock": rel_l2(out, reference), "finite": bool(torch.isfinite(out).all()), **breakdown,
+        }
+        rows.append(row)
+        print(f"  {name} {label:24s} {ms:10.1f} ms  density {row['density']:.3f}  err {row['rel_l2_vs_stock']:.2e}"
+              f"  peak {row['peak_mem_gb']}", flush=True)
+        del out
+    remove_xattention(model)
+    stock = rows[0]["forward_ms"]
+    dense = rows[1]["forward_ms"]
+    for r in rows:
+        r["speedup_vs_stock"] = stock / r["forward_ms"]
+        r["speedup_vs_ours_dense"] = dense / r["forward_ms"]
+    return rows
+
+
+def stock_sdpa_backend(device, dtype, padded: int) -> str:
+    """Which kernel SDPA runs for the stock processor's call (boolean key-padding mask), from the profiler."""
+    if device.type != "cuda":
+        return "cpu"
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    q = torch.randn(1, 24, 8192, 128, device=device, dtype=dtype)
+    mask = torch.zeros(1, 1, 1, q.shape[2], dtype=torch.bool, device=device)
+    mask[..., : q.shape[2] - padded] = True
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+        sync(device)
+    kernels = [e.key for e in prof.key_averages() if getattr(e, "device_time_total", 0) > 0]
+    return ", ".join(k[:80] for k in kernels if not k.startswith(("aten::", "Memcpy", "Memset")))[:240]
+
+
+def vae_decode_ms(latent, device, dtype, tiny: bool) -> float:
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            vae = AutoencoderKLHunyuanVideo(**({} if not tiny else dict(block_out_channels=(8, 8, 8, 8),
+                                                                        layers_per_block=1, norm_num_groups=4)))
+    finally:
+        torch.set_default_dtype(previous)
+    vae = vae.eval().requires_grad_(False)
+    vae.enable_tiling()
+    z = torch.randn(1, vae.config.latent_channels, *latent, device=device, dtype=dtype)
+    with torch.no_grad():
+        sync(device)
+        t0 = time.perf_counter()
+        vae.decode(z / vae.config.scaling_factor, return_dict=False)
+        sync(device)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def end_to_end(rows: list[dict], vae_ms: float | None, steps: int, warmups: list[int]) -> list[dict]:
+    """Summed projection: warmup x dense step + rest x sparse step (+ one measured VAE decode)."""
+    by = {r["row"]: r["forward_ms"] for r in rows}
+    stock, dense = by["stock"], by["ours tau=1 (dense)"]
+    decode = vae_ms or 0.0
+    out = []
+    for label in [r["row"] for r in rows[2:]]:
+        for w in warmups:
+            total = w * dense + (steps - w) * by[label] + decode
+            out.append({"size": rows[0]["size"], "row": label, "warmup_steps": w, "steps": steps,
+                        "end_to_end_s": total / 1e3, "stock_s": (steps * stock + decode) / 1e3,
+                        "best_dense_s": (steps * dense + decode) / 1e3,
+                        "speedup_vs_stock": (steps * stock + decode) / total,
+                        "speedup_vs_best_dense": (steps * dense + decode) / total,
+                        "vae_decode_s": vae_ms / 1e3 if vae_ms else None})
+    return out
+
+
+def structured_quality(device, dtype, backend: str, tiny: bool) -> list[dict]:
+    """One attention layer at 720p on structured video-like Q/K/V: density, speed and error per tau."""
+    import triton.testing
+
+    from xattn_video.synthetic import video_qkv
+
+    grid = (4, 6, 8) if tiny else (33, 45, 80)
+    n_text, n_valid = (16, 8) if tiny else (256, 40)
+    q, k, v, kv_len = video_qkv(*grid, n_text=n_text, n_text_valid=n_valid, heads=2 if tiny else 24,
+                                head_dim=64 if tiny else 128, dtype=dtype, device=device, seed=0)
+    n_video = grid[0] * grid[1] * grid[2]
+    bench = (lambda f: triton.testing.do_bench(f, warmup=50, rep=300, return_mode="median")) if device.type == "cuda" \
+        else (lambda f: _cpu_ms(f))
+    dense_out = dense_attention(q, k, v, kv_len)
+    dense_ms = bench(lambda: dense_attention(q, k, v, kv_len))
+    rows = []
+    for tau in (0.8, 0.9, 0.95):
+        cfg = XAttentionConfig(threshold=tau, backend=backend, **({"block_size": 32, "stride": 8} if tiny else {}))
+        out, mask = xattention(q, k, v, cfg, kv_len, global_start=n_video)
+        ms = bench(lambda: xattention(q, k, v, cfg, kv_len, global_start=n_video))
+        valid = slice(0, n_video + n_valid)  # padded text queries are not used by the model
+        a, b = out[:, :, valid].float(), dense_out[:, :, valid].float()
+        rows.append({"tau": tau, "density": mask.density(), "xattn_ms": ms, "dense_ms": dense_ms,
+                     "speedup_vs_dense": dense_ms / ms, "rel_l2": rel_l2(a, b),
+                     "cosine": float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))})
+        print(f"  structured tau={tau}: density {mask.density():.3f}  {ms:.1f} ms vs dense {dense_ms:.1f} ms  "
+              f"rel_l2 {rows[-1]['rel_l2']:.3e}  cos {rows[-1]['cosine']:.5f}", flush=True)
+    return rows
+
+
+def _cpu_ms(f) -> float:
+    t0 = time.perf_counter()
+    f()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def markdown(result: dict) -> str:
+    lines = ["| size | row | forward ms | vs stock | vs ours dense | density | attention ms | estimate ms | rest ms "
+             "| peak GiB | rel L2 vs stock |", "|" + "---|" * 11]
+    for r in result["rows"]:
+        f = lambda k, s=".1f": (format(r[k], s) if isinstance(r.get(k), (int, float)) else "n/a")  # noqa: E731
+        lines.append(f"| {r['size']} | {r['row']} | {f('forward_ms')} | {f('speedup_vs_stock', '.2f')}x | "
+                     f"{f('speedup_vs_ours_dense', '.2f')}x | {f('density', '.3f')} | {f('attention_ms')} | "
+                     f"{f('estimate_ms')} | {f('rest_ms')} | {f('peak_mem_gb', '.1f')} | {f('rel_l2_vs_stock', '.2e')} |")
+    if result.get("end_to_end"):
+        lines += ["", "| size | row | warmup | end-to-end s | stock s | best dense s | vs stock | vs best dense |",
+                  "|" + "---|" * 8]
+        for e in result["end_to_end"]:
+            lines.append(f"| {e['size']} | {e['row']} | {e['warmup_steps']} | {e['end_to_end_s']:.1f} | "
+                         f"{e['stock_s']:.1f} | {e['best_dense_s']:.1f} | {e['speedup_vs_stock']:.2f}x | "
+                         f"{e['speedup_vs_best_dense']:.2f}x |")
+    if result.get("structured"):
+        lines += ["", "| tau | density | xattn ms | cuDNN dense ms | speedup | rel L2 | cosine |", "|" + "---|" * 7]
+        for s in result["structured"]:
+            lines.append(f"| {s['tau']} | {s['density']:.3f} | {s['xattn_ms']:.1f} | {s['dense_ms']:.1f} | "
+                         f"{s['speedup_vs_dense']:.2f}x | {s['rel_l2']:.3e} | {s['cosine']:.5f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="544p,720p")
+    p.add_argument("--text", type=int, default=256)
+    p.add_argument("--valid-text", type=int, default=40)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--warmups", default="0,5,10")
+    p.add_argument("--vae", action="store_true", help="measure one tiled VAE decode at the largest size")
+    p.add_argument("--structured", action="store_true", help="structured Q/K/V quality check at 720p")
+    p.add_argument("--no-profile", action="store_true")
+    p.add_argument("--tiny", action="store_true", help="CPU smoke test: small model, reference backend")
+    p.add_argument("--out", default="bench_transformer.json")
+    args = p.parse_args()
+
+    device = torch.device("cpu" if args.tiny else "cuda")
+    dtype = torch.float32 if args.tiny else torch.bfloat16
+    backend = "reference" if args.tiny else "triton"
+    sizes = TINY_LATENT if args.tiny else {s: LATENT[s] for s in args.sizes.split(",")}
+    if args.tiny:
+        args.text, args.valid_text = 16, 6
+    result: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
+        "command": " ".join(sys.argv), "text_tokens": args.text, "valid_text_tokens": args.valid_text,
+        "rows": [], "end_to_end": [], "structured": [],
+    }
+    try:
+        import diffusers
+        import triton
+
+        result["diffusers"], result["triton"] = diffusers.__version__, triton.__version__
+    except ImportError:
+        pass
+    t0 = time.perf_counter()
+    model = build_model(device, dtype, args.tiny)
+    print(f"model built in {time.perf_counter() - t0:.1f} s "
+          f"({sum(p.numel() for p in model.parameters()) / 1e9:.2f} B params)", flush=True)
+    last = list(sizes)[-1]
+    result["stock_sdpa_kernels"] = stock_sdpa_backend(device, dtype, args.text - args.valid_text)
+    for name, latent in sizes.items():
+        rows = bench_size(model, name, latent, args, device, dtype, backend)
+        result["rows"] += rows
+        vae_ms = None
+        if args.vae and name == last:
+            del model
+            torch.cuda.empty_cache() if device.type == "cuda" else None
+            vae_ms = vae_decode_ms(latent, device, dtype, args.tiny)
+            print(f"  VAE tiled decode at {name}: {vae_ms / 1e3:.1f} s", flush=True)
+        result["end_to_end"] += end_to_end(rows, vae_ms, args.steps, [int(w) for w in args.warmups.split(",")])
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    if args.structured:
+        result["structured"] = structured_quality(device, dtype, backend, args.tiny)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
