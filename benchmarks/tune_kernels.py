@@ -29,9 +29,8 @@ def main() -> None:
     q, k = (torch.randn(1, h, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     flops = 2.0 * n * n * d * h / 16
     base = strided_block_scores_triton(q, k, 128, 16)
-    for bm, bn, splits, warps, stages in [(128, 128, 8, 8, 3), (128, 128, 1, 8, 3), (128, 128, 16, 8, 3),
-                                          (128, 128, 8, 8, 2), (128, 128, 8, 4, 3), (128, 64, 8, 4, 3),
-                                          (64, 128, 8, 4, 3), (128, 256, 4, 8, 2)]:
+    for bm, bn, splits, warps, stages in [(128, 128, 8, 8, 3), (128, 256, 8, 8, 2), (256, 128, 8, 8, 2),
+                                          (128, 128, 32, 8, 3), (128, 128, 8, 8, 4)]:
         try:
             fn = lambda: strided_block_scores_triton(q, k, 128, 16, block_m=bm, block_n=bn,  # noqa: E731
                                                      num_splits=splits, num_warps=warps, num_stages=stages)
@@ -41,6 +40,23 @@ def main() -> None:
                   f"{flops / ms / 1e9:.0f} TFLOPS (diff vs default {err:.1e})", flush=True)
         except Exception as e:  # noqa: BLE001
             print(f"estimate bm={bm} bn={bn} splits={splits} warps={warps} stages={stages}: failed {e}", flush=True)
+    # attention: TMA descriptors vs plain pointer loads, random mask of density 0.3
+    from xattn_video.block_mask import BlockSparseMask
+
+    v = torch.randn_like(q)
+    qb = -(-n // 128)
+    keep = (torch.rand(1, h, qb, qb, device="cuda") < 0.3) | torch.eye(qb, dtype=torch.bool, device="cuda")
+    mask = BlockSparseMask.from_dense(keep, 128, n, torch.tensor([n - 30], device="cuda"))
+    flops_attn = 4.0 * n * n * d * h * mask.density()
+    outs = {}
+    for tma in (True, False):
+        bsa._TMA["ok"] = tma
+        fn = lambda: bsa.block_sparse_attention_triton(q, k, v, mask)  # noqa: E731
+        outs[tma] = fn()
+        ms = triton.testing.do_bench(fn, warmup=50, rep=300, return_mode="median")
+        print(f"attention tma={tma}: {ms:.2f} ms {flops_attn / ms / 1e9:.0f} TFLOPS (why off: {bsa._TMA['why']})",
+              flush=True)
+    print("attention tma vs pointers max diff", float((outs[True].float() - outs[False].float()).abs().max()))
     for key, cfg in getattr(bsa._bsa_fwd_tuned, "cache", {}).items():
         print("attention autotune pick", key, cfg, flush=True)
 

@@ -34,17 +34,20 @@ def interpreting() -> bool:
 
 
 @triton.jit
-def _attn_tile(acc, l_i, m_i, q, k_base, v_base, start_n, kv_len, qk_scale,
+def _attn_tile(acc, l_i, m_i, q, k_src, v_src, start_n, kv_len, qk_scale,
                stride_kn, stride_kd, stride_vn, stride_vd,
-               HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+               HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, USE_TMA: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    k_ptrs = k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd  # K^T tile [D, BLOCK_N]
-    v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
-    if MASKED:
-        k = tl.load(k_ptrs, mask=offs_n[None, :] < kv_len, other=0.0)
+    if USE_TMA:
+        # descriptors span [kv_len, D]: rows past kv_len come back as zeros
+        k = k_src.load([start_n, 0]).T
     else:
-        k = tl.load(k_ptrs)
+        k_ptrs = k_src + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd  # K^T tile [D, BLOCK_N]
+        if MASKED:
+            k = tl.load(k_ptrs, mask=offs_n[None, :] < kv_len, other=0.0)
+        else:
+            k = tl.load(k_ptrs)
     qk = tl.dot(q, k)
     if MASKED:
         qk = tl.where(offs_n[None, :] < kv_len, qk, float("-inf"))
@@ -53,10 +56,14 @@ def _attn_tile(acc, l_i, m_i, q, k_base, v_base, start_n, kv_len, qk_scale,
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
-    if MASKED:
-        v = tl.load(v_ptrs, mask=offs_n[:, None] < kv_len, other=0.0)
+    if USE_TMA:
+        v = v_src.load([start_n, 0])
     else:
-        v = tl.load(v_ptrs)
+        v_ptrs = v_src + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+        if MASKED:
+            v = tl.load(v_ptrs, mask=offs_n[:, None] < kv_len, other=0.0)
+        else:
+            v = tl.load(v_ptrs)
     acc = tl.dot(p.to(v.dtype), v, acc)
     return acc, l_i, m_new
 
@@ -66,7 +73,8 @@ def _bsa_fwd(Q, K, V, O, IDX, CNT, KVLEN, qk_scale,
              s_qb, s_qh, s_qn, s_qd, s_kb, s_kh, s_kn, s_kd, s_vb, s_vh, s_vn, s_vd, s_ob, s_oh, s_on, s_od,
              s_ib, s_ih, s_iq, s_ik, s_cb, s_ch, s_cq,
              H, N_Q,
-             BS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+             BS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+             USE_TMA: tl.constexpr = False):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -76,9 +84,14 @@ def _bsa_fwd(Q, K, V, O, IDX, CNT, KVLEN, qk_scale,
     offs_d = tl.arange(0, HEAD_DIM)
     q_ptrs = Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qn + offs_d[None, :] * s_qd
     q = tl.load(q_ptrs, mask=offs_m[:, None] < N_Q, other=0.0)
-    k_base = K + b * s_kb + h * s_kh
-    v_base = V + b * s_vb + h * s_vh
     kv_len = tl.load(KVLEN + b).to(tl.int32)
+    k_src = K + b * s_kb + h * s_kh
+    v_src = V + b * s_vb + h * s_vh
+    if USE_TMA:  # Hopper bulk copies (needs unit stride on D, 16-byte aligned rows; checked by the caller)
+        k_src = tl.make_tensor_descriptor(k_src, shape=[kv_len, HEAD_DIM], strides=[s_kn, 1],
+                                          block_shape=[BLOCK_N, HEAD_DIM])
+        v_src = tl.make_tensor_descriptor(v_src, shape=[kv_len, HEAD_DIM], strides=[s_vn, 1],
+                                          block_shape=[BLOCK_N, HEAD_DIM])
     idx_base = IDX + b * s_ib + h * s_ih + q_blk * s_iq
     count = tl.load(CNT + b * s_cb + h * s_ch + q_blk * s_cq)
 
@@ -93,14 +106,14 @@ def _bsa_fwd(Q, K, V, O, IDX, CNT, KVLEN, qk_scale,
     for i in range(0, n_full):
         kb = tl.load(idx_base + i * s_ik)
         for sub in tl.static_range(BS // BLOCK_N):
-            acc, l_i, m_i = _attn_tile(acc, l_i, m_i, q, k_base, v_base, kb * BS + sub * BLOCK_N, kv_len,
-                                       qk_scale, s_kn, s_kd, s_vn, s_vd, HEAD_DIM, BLOCK_N, False)
+            acc, l_i, m_i = _attn_tile(acc, l_i, m_i, q, k_src, v_src, kb * BS + sub * BLOCK_N, kv_len,
+                                       qk_scale, s_kn, s_kd, s_vn, s_vd, HEAD_DIM, BLOCK_N, False, USE_TMA)
     if partial:
         # the block's first sub-tile holds its (valid) first key, so m_i is finite before any all-padding
         # sub-tile and exp2(m_i - m_new) never sees -inf - -inf
         for sub in tl.static_range(BS // BLOCK_N):
-            acc, l_i, m_i = _attn_tile(acc, l_i, m_i, q, k_base, v_base, last * BS + sub * BLOCK_N, kv_len,
-                                       qk_scale, s_kn, s_kd, s_vn, s_vd, HEAD_DIM, BLOCK_N, True)
+            acc, l_i, m_i = _attn_tile(acc, l_i, m_i, q, k_src, v_src, last * BS + sub * BLOCK_N, kv_len,
+                                       qk_scale, s_kn, s_kd, s_vn, s_vd, HEAD_DIM, BLOCK_N, True, USE_TMA)
     # a row with no kept block (count == 0) outputs zeros, as the reference does
     acc = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     o_ptrs = O + b * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_d[None, :] * s_od
@@ -121,9 +134,25 @@ _CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),  # mask blocks of 64
 ]
-_bsa_fwd_tuned = triton.autotune(_CONFIGS, key=["BS", "HEAD_DIM"], prune_configs_by={"early_config_prune": _prune})(
+_bsa_fwd_tuned = triton.autotune(_CONFIGS, key=["BS", "HEAD_DIM", "USE_TMA"], prune_configs_by={"early_config_prune": _prune})(
     _bsa_fwd
 )
+
+
+# TMA descriptors are used where they work; XATTN_NO_TMA=1 turns them off (A/B timing)
+_TMA: dict = {"ok": os.environ.get("XATTN_NO_TMA", "0") in ("", "0"), "why": None, "allocator": False}
+
+
+def _use_tma(x: torch.Tensor) -> bool:
+    if not _TMA["ok"] or torch.cuda.get_device_capability(x.device)[0] < 9:
+        return False
+    if x.stride(-1) != 1 or (x.stride(2) * x.element_size()) % 16 or x.data_ptr() % 16:
+        return False
+    if not _TMA["allocator"]:
+        # in-kernel descriptors need a small global scratch buffer per launch
+        triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+        _TMA["allocator"] = True
+    return True
 
 
 def _tile_for(block_size: int) -> int:
@@ -184,5 +213,12 @@ def block_sparse_attention_triton(
                                              num_warps=4, num_stages=3)
     else:
         grid = lambda meta: (ceil_div(n, meta["BLOCK_M"]), b * h)  # noqa: E731
-        _bsa_fwd_tuned[grid](*args, BS=bs, HEAD_DIM=d)
+        if _use_tma(k) and _use_tma(v):
+            try:
+                _bsa_fwd_tuned[grid](*args, BS=bs, HEAD_DIM=d, USE_TMA=True)
+                return out
+            except Exception as e:  # noqa: BLE001 - an older Triton/GPU without descriptors: plain loads
+                _TMA["ok"] = False
+                _TMA["why"] = f"{type(e).__name__}: {e}"
+        _bsa_fwd_tuned[grid](*args, BS=bs, HEAD_DIM=d, USE_TMA=False)
     return out

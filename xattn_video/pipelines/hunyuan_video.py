@@ -217,11 +217,13 @@ class Comparison:
 def compare(pipe: Any, prompt: str, config: XAttentionConfig, *, num_frames: int | None = None,
             height: int | None = None, width: int | None = None, num_inference_steps: int | None = None,
             seed: int = 0, out_dir: str | Path | None = None, lpips_weights: str | None = None,
-            vbench_weights: str | None = None, progress: bool = True) -> Comparison:
+            vbench_weights: str | None = None, progress: bool = True, warm_up: bool = True) -> Comparison:
     """Generate ``prompt`` twice with the same seed, stock dense attention then XAttention, and report the
     speedup (per step and end to end, attention vs the rest), the densities used and the fidelity of the
     sparse video to the dense one. With ``out_dir``: ``dense.mp4``, ``sparse.mp4`` and the report files.
-    The pipeline's attention processors are left as they were."""
+    ``warm_up`` first runs one untimed step of each (and one decode), so that one-off costs (kernel
+    compilation, allocator growth, library autotuning) fall on neither timed run. The pipeline's attention
+    processors are left as they were."""
     from ..metrics.fidelity import fidelity_report
     from ..metrics.vbench import vbench_dimensions
 
@@ -231,6 +233,8 @@ def compare(pipe: Any, prompt: str, config: XAttentionConfig, *, num_frames: int
     before = dict(model.attn_processors)
     remove_xattention(model)
     try:
+        if warm_up:
+            _warm_up(pipe, prompt, config, seed, sizes)
         dense = timed_generate(pipe, prompt, seed=seed, progress=progress, **sizes)
         state = apply_xattention(model, config)
         sparse = timed_generate(pipe, prompt, seed=seed, progress=progress, **sizes)
@@ -287,6 +291,20 @@ def compare(pipe: Any, prompt: str, config: XAttentionConfig, *, num_frames: int
                         "sparse_mp4": write_mp4(sparse.video, out / "sparse.mp4")}
         result.files.update(write_report(out, report, dense.video, sparse.video))
     return result
+
+
+def _warm_up(pipe: Any, prompt: str, config: XAttentionConfig, seed: int, sizes: dict) -> None:
+    """One dense step with decode, then one sparse step without, untimed."""
+    model = _transformer_of(pipe)
+    one_step = {**sizes, "num_inference_steps": 1}
+    timed_generate(pipe, prompt, seed=seed, progress=False, **one_step)
+    apply_xattention(model, config.replace(warmup_steps=0))
+    try:
+        pipe.set_progress_bar_config(disable=True)
+        pipe(prompt=prompt, output_type="latent", generator=torch.Generator().manual_seed(seed), **one_step,
+             **_call_kwargs(pipe))
+    finally:
+        remove_xattention(model)
 
 
 def _device_name(pipe: Any) -> str:
