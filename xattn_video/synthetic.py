@@ -34,6 +34,7 @@ def video_qkv(
     n_global: int = 4,
     sharpness: float = 16.5,
     noise: float = 0.3,
+    v_smooth: float = 0.0,
     chunk: int = 16384,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Video-like ``(q, k, v, kv_len)``: q, k, v ``[batch, heads, t*h*w + n_text, head_dim]``, kv_len ``[batch]``.
@@ -46,10 +47,14 @@ def video_qkv(
         n_global: video tokens that every query attends to (attention sinks).
         sharpness: the scaled logit ``q.k / sqrt(D)`` of a token with itself; higher = more peaked attention.
         noise: standard deviation of the i.i.d. noise added to q and k, relative to the features' scale.
+        v_smooth: in [0, 1): share of each value vector that is a smooth function of position (neighbours
+            carry similar values, as in a video model's features); 0 = i.i.d. Gaussian values.
         chunk: tokens generated per step (bounds the memory of the intermediates).
 
     Deterministic for a given seed and device; generated on ``device`` chunk by chunk.
     """
+    if not 0.0 <= v_smooth < 1.0:
+        raise ValueError(f"v_smooth={v_smooth} must be in [0, 1)")
     if min(t, h, w) < 1 or heads < 1 or batch < 1 or head_dim < 2 or head_dim % 2:
         raise ValueError(f"bad sizes t={t}, h={h}, w={w}, heads={heads}, batch={batch}, head_dim={head_dim} "
                          f"(all >= 1, head_dim even)")
@@ -91,7 +96,10 @@ def video_qkv(
             nk = torch.randn(feat.shape, generator=dev_gen, device=device)
             q[bi, :, s:e] = (feat + sig * nq + q_global * u[:, None, :]).to(dtype)
             k[bi, :, s:e] = (feat + sig * nk).to(dtype)
-            v[bi, :, s:e] = torch.randn(feat.shape, generator=dev_gen, device=device).to(dtype)
+            nv = torch.randn(feat.shape, generator=dev_gen, device=device)
+            # feat.roll mixes in other frequencies, so values are smooth in position but differ from q/k
+            smooth = feat.roll(1, dims=-1) / amp
+            v[bi, :, s:e] = (v_smooth * smooth + math.sqrt(1 - v_smooth**2) * nv).to(dtype)
     if len(g_idx):
         g = g_idx.to(device)
         k[:, :, g] = (k[:, :, g].float() + k_global * u[None, :, None, :]).to(dtype)

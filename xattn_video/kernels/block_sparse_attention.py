@@ -11,6 +11,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 
@@ -74,7 +75,7 @@ def _bsa_fwd(Q, K, V, O, IDX, CNT, KVLEN, qk_scale,
              s_ib, s_ih, s_iq, s_ik, s_cb, s_ch, s_cq,
              H, N_Q,
              BS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-             USE_TMA: tl.constexpr = False):
+             USE_TMA: tl.constexpr = False, WARP_SPECIALIZE: tl.constexpr = False):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -103,7 +104,7 @@ def _bsa_fwd(Q, K, V, O, IDX, CNT, KVLEN, qk_scale,
     last = tl.load(idx_base + tl.maximum(count - 1, 0) * s_ik)
     partial = (count > 0) & ((last + 1) * BS > kv_len)
     n_full = tl.where(partial, count - 1, count)
-    for i in range(0, n_full):
+    for i in tl.range(0, n_full, warp_specialize=WARP_SPECIALIZE):
         kb = tl.load(idx_base + i * s_ik)
         for sub in tl.static_range(BS // BLOCK_N):
             acc, l_i, m_i = _attn_tile(acc, l_i, m_i, q, k_src, v_src, kb * BS + sub * BLOCK_N, kv_len,
@@ -167,12 +168,14 @@ def _tile_for(block_size: int) -> int:
 
 
 def block_sparse_attention_triton(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockSparseMask, scale: float | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockSparseMask, scale: float | None = None,
+    launch: dict | None = None,
 ) -> torch.Tensor:
     """Attention of each query block over its kept key blocks (keys past ``mask.kv_len`` excluded).
 
     q ``[B, H, N, D]``, k / v ``[B, H, N_k, D]`` (any strides); float16, bfloat16 or float32 (fp32 runs tf32
-    dots on GPU); head_dim 64 or 128. Returns ``[B, H, N, D]`` in q's dtype.
+    dots on GPU); head_dim 64 or 128. Returns ``[B, H, N, D]`` in q's dtype. ``launch`` (benchmarks only)
+    fixes the launch instead of autotuning: BLOCK_M, BLOCK_N, num_warps, num_stages, USE_TMA, WARP_SPECIALIZE.
     """
     b, h, n, d = q.shape
     n_k = k.shape[2]
@@ -211,6 +214,11 @@ def block_sparse_attention_triton(
     elif tile < 64:
         _bsa_fwd[(ceil_div(n, tile), b * h)](*args, BS=bs, HEAD_DIM=d, BLOCK_M=tile, BLOCK_N=tile,
                                              num_warps=4, num_stages=3)
+    elif launch is not None:
+        cfg = dict(launch)
+        if cfg.get("USE_TMA"):
+            _use_tma(k)  # installs the descriptor scratch allocator
+        _bsa_fwd[(ceil_div(n, cfg["BLOCK_M"]), b * h)](*args, BS=bs, HEAD_DIM=d, **cfg)
     else:
         grid = lambda meta: (ceil_div(n, meta["BLOCK_M"]), b * h)  # noqa: E731
         if _use_tma(k) and _use_tma(v):
@@ -220,5 +228,7 @@ def block_sparse_attention_triton(
             except Exception as e:  # noqa: BLE001 - an older Triton/GPU without descriptors: plain loads
                 _TMA["ok"] = False
                 _TMA["why"] = f"{type(e).__name__}: {e}"
+                logging.getLogger("xattn_video").warning(
+                    "xattn_video: TMA descriptors unavailable (%s); using plain loads (slower)", _TMA["why"])
         _bsa_fwd_tuned[grid](*args, BS=bs, HEAD_DIM=d, USE_TMA=False)
     return out

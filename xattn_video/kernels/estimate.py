@@ -109,7 +109,8 @@ _STAGES: dict[tuple, int] = {}
 def _launch_gpu(grid: tuple, args: tuple, meta: dict, num_warps: int, num_stages: int | None) -> None:
     """Launch with 3 pipeline stages, or 2 where 3 do not fit in shared memory (remembered per shape)."""
     key = tuple(sorted(meta.items())) + (args[0].dtype, num_warps)
-    tries = [num_stages] if num_stages else [_STAGES[key]] if key in _STAGES else [3, 2]
+    deep = meta["BLOCK_M"] * meta["BLOCK_N"] <= 128 * 128  # 3 stages of 128 x 256 tiles overflow shared memory
+    tries = [num_stages] if num_stages else [_STAGES[key]] if key in _STAGES else [3, 2] if deep else [2]
     for stages in tries:
         try:
             _est_partial[grid](*args, **meta, num_warps=num_warps, num_stages=stages)
@@ -162,7 +163,7 @@ def strided_block_scores_triton(
     nqs, nks = qb * r, kb * r
     interp = interpreting() or q.device.type != "cuda"
     bm = block_m or (16 if interp else 128)
-    bn = max(block_n or (16 if interp else 128), r)
+    bn = max(block_n or (16 if interp else 256), r)  # 128 x 256 tiles, 2 stages: best of the H100 sweep
     if not (_pow2(bm) and _pow2(bn)):
         raise ValueError(f"block_m={bm}, block_n={bn} must be powers of two")
     nt = ceil_div(nks, bn)
