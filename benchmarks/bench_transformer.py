@@ -371,7 +371,11 @@ def main() -> None:
     print(f"model built in {time.perf_counter() - t0:.1f} s "
           f"({sum(p.numel() for p in model.parameters()) / 1e9:.2f} B params)", flush=True)
     last = list(sizes)[-1]
+    priority = torch._C._get_sdp_priority_order()
     warm_up_kernels(device, dtype, backend, args.tiny)
+    # our dense path must leave PyTorch's SDPA settings as it found them (the stock rows depend on them)
+    result["sdp_priority_before_after_warm_up"] = [priority, torch._C._get_sdp_priority_order()]
+    print("SDPA priority before/after our kernels:", result["sdp_priority_before_after_warm_up"], flush=True)
     result["stock_sdpa_kernels"] = stock_sdpa_backend(device, dtype, args.text - args.valid_text)
     for name, latent in sizes.items():
         rows = bench_size(model, name, latent, args, device, dtype, backend)

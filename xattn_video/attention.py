@@ -11,7 +11,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
@@ -111,29 +110,36 @@ def dense_attention(
     One sample (or equal lengths): slice the valid keys and run unmasked SDPA, which keeps PyTorch on its
     fastest kernels (a boolean mask sends it to a slower one). Several lengths: a boolean key mask.
     """
-    with _fastest_sdpa(q):
-        if kv_len is None:
-            return F.scaled_dot_product_attention(q, k, v)
+    attn_mask = None
+    if kv_len is not None:
         lengths = kv_len.tolist()
         if min(lengths) == max(lengths):
             n = int(lengths[0])
-            return F.scaled_dot_product_attention(q, k[:, :, :n], v[:, :, :n])
-        key_ok = torch.arange(k.shape[2], device=q.device)[None, :] < kv_len.to(q.device)[:, None]
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_ok[:, None, None, :])
+            k, v = k[:, :, :n], v[:, :, :n]
+        else:
+            key_ok = torch.arange(k.shape[2], device=q.device)[None, :] < kv_len.to(q.device)[:, None]
+            attn_mask = key_ok[:, None, None, :]
+    if attn_mask is None and _cudnn_ok(q):
+        # cuDNN is the fastest dense kernel on Hopper at head_dim 128, but not first in PyTorch's default
+        # order. Enable it alone for this call: sdpa_kernel restores the enable flags on exit and we leave the
+        # priority order untouched, so other SDPA users in the process are not affected.
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        try:
+            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+                return F.scaled_dot_product_attention(q, k, v)
+        except RuntimeError as e:  # this build or shape has no cuDNN attention
+            _CUDNN["ok"] = False
+            _log_once(f"xattn_video: cuDNN attention unavailable ({str(e).splitlines()[0][:120]}); using SDPA's "
+                      "default backends for dense attention")
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
 
-def _fastest_sdpa(q: torch.Tensor):
-    """On CUDA, ask SDPA for cuDNN first (fastest on Hopper for head_dim 128), then flash, efficient, math."""
-    if not q.is_cuda:
-        return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+_CUDNN = {"ok": True}
 
-    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-             SDPBackend.MATH]
-    try:
-        return sdpa_kernel(order, set_priority=True)
-    except TypeError:  # torch < 2.6 has no priority order: let SDPA choose
-        return contextlib.nullcontext()
+
+def _cudnn_ok(q: torch.Tensor) -> bool:
+    return _CUDNN["ok"] and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 128
 
 
 def xattention(
