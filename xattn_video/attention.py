@@ -121,10 +121,12 @@ def dense_attention(
             attn_mask = key_ok[:, None, None, :]
     if attn_mask is None and _cudnn_ok(q):
         # cuDNN is the fastest dense kernel on Hopper at head_dim 128, but not first in PyTorch's default
-        # order. Enable it alone for this call: sdpa_kernel restores the enable flags on exit and we leave the
-        # priority order untouched, so other SDPA users in the process are not affected.
+        # order. Enable it alone for this call. sdpa_kernel restores the enable flags on exit, but torch 2.11
+        # was seen leaving cuDNN first in the global priority order: restore that too, so other SDPA users
+        # in the process are not affected.
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
+        priority = torch._C._get_sdp_priority_order() if hasattr(torch._C, "_get_sdp_priority_order") else None
         try:
             with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
                 return F.scaled_dot_product_attention(q, k, v)
@@ -132,6 +134,9 @@ def dense_attention(
             _CUDNN["ok"] = False
             _log_once(f"xattn_video: cuDNN attention unavailable ({str(e).splitlines()[0][:120]}); using SDPA's "
                       "default backends for dense attention")
+        finally:
+            if priority is not None:
+                torch._C._set_sdp_priority_order(priority)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
 
