@@ -172,8 +172,8 @@ def timed_generate(pipe: Any, prompt: str, *, num_frames: int, height: int, widt
     device = pipe._execution_device if hasattr(pipe, "_execution_device") else default_device()
     timer = _RunTimer(_Clock(torch.device(device)))
     current = dict(model.attn_processors)
-    wrapped = {k: (_TimedProcessor(p, timer) if k in set(_block_processor_names(model)) else p)
-               for k, p in current.items()}
+    blocks = set(_block_processor_names(model))
+    wrapped = {k: (_TimedProcessor(p, timer) if k in blocks else p) for k, p in current.items()}
     model.set_attn_processor(wrapped)
     hook = model.register_forward_pre_hook(timer.on_transformer_call)
     pipe.set_progress_bar_config(disable=not progress)
