@@ -157,7 +157,7 @@ def bench_size(model, name: str, latent, args, device, dtype, backend: str) -> l
     inputs = make_inputs(model, latent, args.text, args.valid_text, device, dtype)
     n_video = latent[0] * (latent[1] // 2) * (latent[2] // 2)
     rows, reference = [], None
-    for label, overrides in ROWS:
+    for label, overrides in [r for r in ROWS if not args.rows or any(key in r[0] for key in args.rows.split(","))]:
         if overrides is None:
             remove_xattention(model)
             state = None
@@ -343,6 +343,7 @@ def main() -> None:
     p.add_argument("--vae", action="store_true", help="measure one tiled VAE decode at the largest size")
     p.add_argument("--structured", action="store_true", help="structured Q/K/V quality check at 720p")
     p.add_argument("--no-profile", action="store_true")
+    p.add_argument("--rows", help="comma-separated substrings of the row labels to run (stock and dense first)")
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: small model, reference backend")
     p.add_argument("--out", default="bench_transformer.json")
     args = p.parse_args()

@@ -17,14 +17,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from xattn_video.block_mask import BlockSparseMask  # noqa: E402
 from xattn_video.kernels.block_sparse_attention import block_sparse_attention_triton  # noqa: E402
 
-VARIANTS = [  # BLOCK_M, BLOCK_N, warps, stages, TMA, warp specialisation
-    (128, 128, 8, 2, True, False),
-    (128, 128, 8, 3, True, False),
-    (128, 64, 4, 3, True, False),
-    (128, 128, 8, 2, True, True),
-    (128, 128, 8, 3, True, True),
-    (128, 64, 4, 4, True, True),
-    (128, 128, 4, 2, True, True),
+VARIANTS = [  # BLOCK_M, BLOCK_N, warps, stages, TMA, warp specialisation, index prefetch
+    (128, 128, 8, 2, True, False, False),
+    (128, 128, 8, 3, True, False, False),
+    (128, 128, 8, 2, True, False, True),
+    (128, 128, 8, 3, True, False, True),
+    (128, 128, 8, 4, True, False, True),
+    (128, 128, 8, 2, False, False, True),
+    (128, 128, 8, 2, True, True, True),
 ]
 
 
@@ -45,8 +45,9 @@ def main() -> None:
     ms = triton.testing.do_bench(lambda: block_sparse_attention_triton(q, k, v, mask), warmup=50, rep=500,
                                  return_mode="median")
     print(f"autotuned default: {ms:.2f} ms {flops / ms / 1e9:.0f} TFLOPS", flush=True)
-    for bm, bn, warps, stages, tma, ws in VARIANTS:
-        launch = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, USE_TMA=tma, WARP_SPECIALIZE=ws)
+    for bm, bn, warps, stages, tma, ws, prefetch in VARIANTS:
+        launch = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, USE_TMA=tma, WARP_SPECIALIZE=ws,
+                      PREFETCH=prefetch)
         try:
             fn = lambda: block_sparse_attention_triton(q, k, v, mask, launch=launch)  # noqa: E731
             err = float((fn().float() - base.float()).abs().max())

@@ -77,9 +77,10 @@ def select_blocks(
         diag = q_block[:, None] == torch.arange(kb, device=dev)[None, :]
         forced |= diag[None, None]
     dense_row = torch.zeros(qb, dtype=torch.bool, device=dev)
-    if global_start is not None and global_start < max(q_len, int(kv_len.max())):
-        forced |= (kv_start + block_size > global_start)[None, None, None, :]
-        dense_row = (q_block + 1) * block_size > global_start
+    if global_start is not None:  # blocks holding a valid global key; query blocks holding a global query
+        holds_global = (kv_start + block_size > global_start)[None, :] & (global_start < kv_len)[:, None]
+        forced |= holds_global[:, None, None, :]
+        dense_row = ((q_block + 1) * block_size > global_start) & (global_start < q_len)
     forced &= valid
 
     if max_density is not None:
@@ -111,7 +112,13 @@ def estimate_mask(
     scores = block_scores(q, k, block_size, stride, kv_len, backend)
     if kv_len is None:
         kv_len = torch.full((q.shape[0],), k.shape[2], dtype=torch.long, device=q.device)
-    return select_blocks(
+    select = select_blocks
+    if backend == "triton":
+        from .kernels.select import select_blocks_triton
+
+        select = select_blocks_triton
+        threshold = torch.as_tensor(threshold, dtype=torch.float32)
+    return select(
         scores,
         threshold,
         block_size=block_size,

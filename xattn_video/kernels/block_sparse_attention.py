@@ -75,7 +75,7 @@ def _bsa_fwd(Q, K, V, O, IDX, CNT, KVLEN, qk_scale,
              s_ib, s_ih, s_iq, s_ik, s_cb, s_ch, s_cq,
              H, N_Q,
              BS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-             USE_TMA: tl.constexpr = False, WARP_SPECIALIZE: tl.constexpr = False):
+             USE_TMA: tl.constexpr = False, WARP_SPECIALIZE: tl.constexpr = False, PREFETCH: tl.constexpr = False):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -104,11 +104,17 @@ def _bsa_fwd(Q, K, V, O, IDX, CNT, KVLEN, qk_scale,
     last = tl.load(idx_base + tl.maximum(count - 1, 0) * s_ik)
     partial = (count > 0) & ((last + 1) * BS > kv_len)
     n_full = tl.where(partial, count - 1, count)
+    kb = tl.load(idx_base)
     for i in tl.range(0, n_full, warp_specialize=WARP_SPECIALIZE):
-        kb = tl.load(idx_base + i * s_ik)
+        if PREFETCH:  # the next block index is loaded one iteration ahead, off the critical path
+            kb_next = tl.load(idx_base + (i + 1) * s_ik, mask=i + 1 < count, other=0)
+        else:
+            kb = tl.load(idx_base + i * s_ik)
         for sub in tl.static_range(BS // BLOCK_N):
             acc, l_i, m_i = _attn_tile(acc, l_i, m_i, q, k_src, v_src, kb * BS + sub * BLOCK_N, kv_len,
                                        qk_scale, s_kn, s_kd, s_vn, s_vd, HEAD_DIM, BLOCK_N, False, USE_TMA)
+        if PREFETCH:
+            kb = kb_next
     if partial:
         # the block's first sub-tile holds its (valid) first key, so m_i is finite before any all-padding
         # sub-tile and exp2(m_i - m_new) never sees -inf - -inf
@@ -131,6 +137,8 @@ def _prune(configs, named_args, **kwargs):
 _CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "PREFETCH": True}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "PREFETCH": True}, num_warps=8, num_stages=2),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),  # mask blocks of 64
@@ -210,7 +218,8 @@ def block_sparse_attention_triton(
             h, n)
     if interp or q.device.type != "cuda":
         block = min(tile, 64)
-        _bsa_fwd[(ceil_div(n, block), b * h)](*args, BS=bs, HEAD_DIM=d, BLOCK_M=block, BLOCK_N=block)
+        cfg = {"BLOCK_M": block, "BLOCK_N": block, **(launch or {})}
+        _bsa_fwd[(ceil_div(n, cfg["BLOCK_M"]), b * h)](*args, BS=bs, HEAD_DIM=d, **cfg)
     elif tile < 64:
         _bsa_fwd[(ceil_div(n, tile), b * h)](*args, BS=bs, HEAD_DIM=d, BLOCK_M=tile, BLOCK_N=tile,
                                              num_warps=4, num_stages=3)
