@@ -19,12 +19,8 @@ from xattn_video.kernels.block_sparse_attention import block_sparse_attention_tr
 
 VARIANTS = [  # BLOCK_M, BLOCK_N, warps, stages, TMA, warp specialisation, index prefetch
     (128, 128, 8, 2, True, False, False),
-    (128, 128, 8, 3, True, False, False),
     (128, 128, 8, 2, True, False, True),
     (128, 128, 8, 3, True, False, True),
-    (128, 128, 8, 4, True, False, True),
-    (128, 128, 8, 2, False, False, True),
-    (128, 128, 8, 2, True, True, True),
 ]
 
 
