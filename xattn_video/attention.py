@@ -109,6 +109,9 @@ def dense_attention(
 
     One sample (or equal lengths): slice the valid keys and run unmasked SDPA, which keeps PyTorch on its
     fastest kernels (a boolean mask sends it to a slower one). Several lengths: a boolean key mask.
+    The backend is left to PyTorch, which prefers cuDNN on Hopper by itself. Forcing it (``sdpa_kernel``,
+    with or without a priority order) was seen on torch 2.11 to change later backend choices for every SDPA
+    call in the process: the stock processor's masked call then ran 2.6x slower.
     """
     attn_mask = None
     if kv_len is not None:
@@ -119,32 +122,7 @@ def dense_attention(
         else:
             key_ok = torch.arange(k.shape[2], device=q.device)[None, :] < kv_len.to(q.device)[:, None]
             attn_mask = key_ok[:, None, None, :]
-    if attn_mask is None and _cudnn_ok(q):
-        # cuDNN is the fastest dense kernel on Hopper at head_dim 128, but not first in PyTorch's default
-        # order. Enable it alone for this call. sdpa_kernel restores the enable flags on exit, but torch 2.11
-        # was seen leaving cuDNN first in the global priority order: restore that too, so other SDPA users
-        # in the process are not affected.
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        priority = torch._C._get_sdp_priority_order() if hasattr(torch._C, "_get_sdp_priority_order") else None
-        try:
-            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-                return F.scaled_dot_product_attention(q, k, v)
-        except RuntimeError as e:  # this build or shape has no cuDNN attention
-            _CUDNN["ok"] = False
-            _log_once(f"xattn_video: cuDNN attention unavailable ({str(e).splitlines()[0][:120]}); using SDPA's "
-                      "default backends for dense attention")
-        finally:
-            if priority is not None:
-                torch._C._set_sdp_priority_order(priority)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-
-
-_CUDNN = {"ok": True}
-
-
-def _cudnn_ok(q: torch.Tensor) -> bool:
-    return _CUDNN["ok"] and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 128
 
 
 def xattention(

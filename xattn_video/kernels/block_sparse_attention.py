@@ -73,7 +73,7 @@ def _attn_tile(acc, l_i, m_i, q, k_src, v_src, start_n, kv_len, qk_scale,
 def _bsa_fwd(Q, K, V, O, IDX, CNT, KVLEN, qk_scale,
              s_qb, s_qh, s_qn, s_qd, s_kb, s_kh, s_kn, s_kd, s_vb, s_vh, s_vn, s_vd, s_ob, s_oh, s_on, s_od,
              s_ib, s_ih, s_iq, s_ik, s_cb, s_ch, s_cq,
-             H, N_Q,
+             H, N_Q, n_bucket,
              BS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
              USE_TMA: tl.constexpr = False, WARP_SPECIALIZE: tl.constexpr = False, PREFETCH: tl.constexpr = False):
     pid_m = tl.program_id(0)
@@ -143,7 +143,8 @@ _CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),  # mask blocks of 64
 ]
-_bsa_fwd_tuned = triton.autotune(_CONFIGS, key=["BS", "HEAD_DIM", "USE_TMA"], prune_configs_by={"early_config_prune": _prune})(
+# the best launch differs between ~8k and ~120k tokens: tune per power-of-two bucket of the length
+_bsa_fwd_tuned = triton.autotune(_CONFIGS, key=["BS", "HEAD_DIM", "USE_TMA", "n_bucket"], prune_configs_by={"early_config_prune": _prune})(
     _bsa_fwd
 )
 
@@ -215,7 +216,7 @@ def block_sparse_attention_triton(
     args = (q, k, v, out, idx, cnt, kv_len, scale * LOG2E,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             idx.stride(0), s_ih, idx.stride(2), idx.stride(3), cnt.stride(0), s_ch, cnt.stride(2),
-            h, n)
+            h, n, triton.next_power_of_2(n))
     if interp or q.device.type != "cuda":
         block = min(tile, 64)
         cfg = {"BLOCK_M": block, "BLOCK_N": block, **(launch or {})}
