@@ -58,7 +58,7 @@ def validate_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: torc
 
 
 @functools.lru_cache(maxsize=None)
-def _log_once(message: str) -> None:
+def log_once(message: str) -> None:
     logger.warning(message)
 
 
@@ -85,7 +85,7 @@ def resolve_backend(config: XAttentionConfig, q: torch.Tensor) -> str:
     if config.backend == "auto":
         return "reference"
     if config.allow_fallback:
-        _log_once(f"xattn_video: backend='triton' cannot run ({reason}); using the PyTorch reference")
+        log_once(f"xattn_video: backend='triton' cannot run ({reason}); using the PyTorch reference")
         return "reference"
     raise RuntimeError(f"backend='triton' cannot run: {reason} (set allow_fallback=True to use the reference)")
 

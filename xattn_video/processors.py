@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .attention import _log_once, dense_attention, xattention
+from .attention import log_once, dense_attention, xattention
 from .config import XAttentionConfig
 from .schedule import XAttentionState, attach_step_tracker
 
@@ -102,7 +102,7 @@ class XAttentionProcessor:
                 layer: int, global_start: int | None) -> torch.Tensor:
         kv_len = _kv_len_from_mask(attention_mask, q.shape[0], k.shape[2], q.device)
         if kv_len is None:  # not a key-padding mask: only exact attention with that mask is right
-            _log_once("xattn_video: attention mask is not a key-padding mask; running dense attention with it")
+            log_once("xattn_video: attention mask is not a key-padding mask; running dense attention with it")
             self.state.record(layer, 1.0)
             return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
         if self.state.is_dense(layer) or q.shape[2] < max(self.config.min_seq_len, 2 * self.config.block_size):

@@ -27,7 +27,6 @@ Example (inside ComfyUI)::
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..attention import xattention
+from ..attention import log_once, xattention
 from ..config import XAttentionConfig
 
 logger = logging.getLogger("xattn_video")
@@ -44,11 +43,6 @@ PATCH_KEY = "xattn_video"  # key of our DIFFUSION_MODEL wrapper on the ModelPatc
 STATE_ATTR = "xattention_state"  # attribute of the patched ModelPatcher that holds the NativeXAttentionState
 MIN_BLOCKS = 2  # sequences shorter than this many blocks stay on the original function
 PAD_BIAS = -1.0e4  # additive mask values at or below this are treated as "key masked out"
-
-
-@functools.lru_cache(maxsize=None)
-def _log_once(message: str) -> None:
-    logger.warning(message)
 
 
 @dataclass
@@ -180,7 +174,7 @@ class XAttentionPatch:
         if txt_len is not None and isinstance(txt_byt5, torch.Tensor) and getattr(model, "byt5_in", None) is not None:
             txt_len += int(txt_byt5.shape[1])
         if txt_len is None:
-            _log_once("xattn_video: HunyuanVideo forward without a `context` tensor; XAttention is off for it")
+            log_once("xattn_video: HunyuanVideo forward without a `context` tensor; XAttention is off for it")
             return executor(*args, **kwargs)
         self.state.begin_forward(txt_len)
         try:
@@ -225,7 +219,7 @@ class XAttentionPatch:
         elif layer in cfg.dense_layers:
             dense_reason = "dense_layer"
         elif cfg.warmup_steps > 0 and step is None:
-            _log_once("xattn_video: transformer_options has no sigmas/sample_sigmas, so the denoising step is "
+            log_once("xattn_video: transformer_options has no sigmas/sample_sigmas, so the denoising step is "
                       "unknown; running dense attention (warmup cannot be counted)")
             dense_reason = "unknown_step"
         elif step is not None and step < cfg.warmup_steps:
@@ -234,7 +228,7 @@ class XAttentionPatch:
         if dense_reason is None:
             kv_len, why = key_padding_lengths(mask, b, n)
             if why is not None:
-                _log_once(f"xattn_video: {why}; running ComfyUI's attention for such calls")
+                log_once(f"xattn_video: {why}; running ComfyUI's attention for such calls")
                 dense_reason = "mask"
                 state.fallback_calls += 1
         if dense_reason is not None:
