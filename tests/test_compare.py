@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xattn_video import XAttentionConfig
 from xattn_video.cli import main
 from xattn_video.config import load_config
 from xattn_video.pipelines.hunyuan_video import compare, load_pipeline
