@@ -146,3 +146,16 @@ def test_dense_attention_skips_padding(kv_len):
     kvl = torch.tensor(kv_len)
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=_key_mask(50, kvl)[:, None, None, :])
     torch.testing.assert_close(dense_attention(q, k, v, kvl), want, rtol=1e-5, atol=1e-5)
+
+
+def test_triton_reason_names_unsupported_blocks(monkeypatch):
+    from xattn_video.attention import resolve_backend, triton_unavailable_reason
+
+    q = torch.zeros(1, 1, 4, 128)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))  # pretend, no kernel runs
+    assert triton_unavailable_reason(q, XAttentionConfig()) is None
+    reason = triton_unavailable_reason(q, XAttentionConfig(block_size=96, stride=8))
+    assert "block_size=96 with stride=8" in reason
+    assert resolve_backend(XAttentionConfig(block_size=96, stride=8), q) == "reference"  # auto
+    with pytest.raises(RuntimeError, match="block_size=96"):
+        resolve_backend(XAttentionConfig(block_size=96, stride=8, backend="triton"), q)

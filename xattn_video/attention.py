@@ -62,12 +62,17 @@ def log_once(message: str) -> None:
     logger.warning(message)
 
 
-def triton_unavailable_reason(q: torch.Tensor) -> str | None:
-    """Why the Triton backend cannot run these inputs, or None if it can."""
+def triton_unavailable_reason(q: torch.Tensor, config: XAttentionConfig | None = None) -> str | None:
+    """Why the Triton backend cannot run these inputs (and blocks), or None if it can."""
     if not q.is_cuda:
         return f"inputs are on {q.device.type}, the Triton kernels need a CUDA device"
     if q.shape[-1] not in TRITON_HEAD_DIMS:
         return f"head_dim={q.shape[-1]} is not one of the Triton kernels' {TRITON_HEAD_DIMS}"
+    if config is not None:
+        ratio = config.block_size // config.stride
+        if config.block_size % 16 or ratio & (ratio - 1):
+            return (f"block_size={config.block_size} with stride={config.stride}: the Triton kernels need a "
+                    "block size that is a multiple of 16 and a power-of-two block_size / stride")
     try:
         import triton  # noqa: F401
     except ImportError as e:  # pragma: no cover - triton ships with CUDA torch on Linux
@@ -79,7 +84,7 @@ def resolve_backend(config: XAttentionConfig, q: torch.Tensor) -> str:
     """'triton' or 'reference' for these inputs under ``config.backend`` (see XAttentionConfig)."""
     if config.backend == "reference":
         return "reference"
-    reason = triton_unavailable_reason(q)
+    reason = triton_unavailable_reason(q, config)
     if reason is None:
         return "triton"
     if config.backend == "auto":
