@@ -88,6 +88,8 @@ def resolve_backend(config: XAttentionConfig, q: torch.Tensor) -> str:
     if reason is None:
         return "triton"
     if config.backend == "auto":
+        if q.is_cuda:  # a GPU that could run the kernels but not these inputs: the slow path, say so
+            log_once(f"xattn_video: backend='auto' uses the PyTorch reference on the GPU ({reason})")
         return "reference"
     if config.allow_fallback:
         log_once(f"xattn_video: backend='triton' cannot run ({reason}); using the PyTorch reference")
