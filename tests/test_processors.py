@@ -176,3 +176,13 @@ def test_processor_dict_and_bad_model():
     assert len(procs) == len(model.attn_processors)
     with pytest.raises(ValueError, match="not a HunyuanVideo pipeline or transformer"):
         apply_xattention(torch.nn.Linear(2, 2), SPARSE)
+
+
+def test_without_step_tracker_every_step_is_sparse():
+    model = tiny_transformer()
+    proc = XAttentionProcessor(SPARSE.replace(warmup_steps=3))
+    model.set_attn_processor(proc)
+    with torch.no_grad():
+        model(**inputs())
+    densities = [d for layers in proc.state.densities.values() for v in layers.values() for d in v]
+    assert len(densities) == 4 and all(d < 1.0 for d in densities)

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .attention import log_once
 from .block_mask import BlockSparseMask
 from .config import XAttentionConfig
 
@@ -83,8 +84,14 @@ class XAttentionState:
             self.head_densities.clear()
 
     def in_warmup(self) -> bool:
-        """True while the current step is one of the dense warmup steps (or no step is known yet)."""
-        return self.step is None or self.step < self.config.warmup_steps
+        """True while the current step is one of the dense warmup steps. With no step tracker attached the
+        step is unknown: warmup cannot apply and every step is sparse (logged once)."""
+        if self.step is None:
+            if self.config.warmup_steps:
+                log_once("xattn_video: no step tracker attached (see schedule.attach_step_tracker): "
+                         f"warmup_steps={self.config.warmup_steps} is not applied, every step runs sparse")
+            return False
+        return self.step < self.config.warmup_steps
 
     def is_dense(self, layer: int) -> bool:
         """Whether ``layer`` runs dense attention in the current step."""
