@@ -33,3 +33,15 @@ def test_triton_selection_equals_torch(b, h, qb, kb, block, kv_len, tau, diag, m
     assert torch.equal(got.kv_counts, want.kv_counts)
     assert torch.equal(got.kv_indices, want.kv_indices)
     assert got.density() == pytest.approx(want.density())
+
+
+def test_triton_selection_long_rows():
+    """Rows longer than a few blocks (sorted in one 512-wide register tile) give the same masks."""
+    g = torch.Generator().manual_seed(3)
+    scores = torch.rand(1, 2, 4, 300, generator=g) ** 8
+    kwargs = dict(block_size=128, q_len=512, kv_len=torch.tensor([300 * 128 - 200]), keep_diagonal=True,
+                  global_start=300 * 128 - 250)
+    want = select_blocks(scores, 0.9, **kwargs)
+    got = select_blocks_triton(scores, torch.tensor([0.9]), **kwargs)
+    assert 0.05 < want.density() < 0.5
+    assert torch.equal(got.kv_indices, want.kv_indices) and torch.equal(got.kv_counts, want.kv_counts)
