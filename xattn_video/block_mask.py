@@ -32,10 +32,6 @@ class BlockSparseMask:
     def num_q_blocks(self) -> int:
         return self.kv_indices.shape[2]
 
-    @property
-    def num_kv_blocks(self) -> int:
-        return self.kv_indices.shape[3]
-
     def valid_kv_blocks(self) -> torch.Tensor:
         """[B] number of key blocks that hold at least one valid key."""
         return torch.div(self.kv_len + self.block_size - 1, self.block_size, rounding_mode="floor")

@@ -73,6 +73,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> tuple[XAttentionConfig, dict[str, Any]]:
+    from .pipelines.hunyuan_video import check_video_size
     from .pipelines.tiny import TINY_DEFAULTS
 
     tiny = args.model is None or args.model == "tiny"
@@ -89,11 +90,7 @@ def _settings(args: argparse.Namespace) -> tuple[XAttentionConfig, dict[str, Any
         "width": args.width or defaults["width"],
         "num_inference_steps": args.steps or defaults["num_inference_steps"],
     }
-    if (sizes["num_frames"] - 1) % 4:
-        raise ValueError(f"--frames={sizes['num_frames']} must be 4k+1 (1, 5, 9, ..., 129): the VAE packs 4 frames")
-    for key in ("height", "width"):
-        if sizes[key] % 16:
-            raise ValueError(f"--{key}={sizes[key]} must be a multiple of 16 (VAE 8x, patch 2x)")
+    check_video_size(sizes["num_frames"], sizes["height"], sizes["width"], names=("--frames", "--height", "--width"))
     return config, sizes
 
 

@@ -10,7 +10,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
@@ -185,13 +184,6 @@ class _FrozenTable(dict):
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
-
-
-def density_budget(max_density: float | None, valid_blocks: int) -> int:
-    """Key blocks a query-block row may keep under ``max_density`` (at least one)."""
-    if max_density is None:
-        return valid_blocks
-    return max(1, min(valid_blocks, math.ceil(max_density * valid_blocks - 1e-9)))
 
 
 PRESET_DIR = Path(__file__).parent / "configs"

@@ -14,7 +14,6 @@ Two ways in::
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
@@ -22,8 +21,6 @@ import torch
 from .attention import log_once, dense_attention, xattention
 from .config import XAttentionConfig
 from .schedule import XAttentionState, attach_step_tracker
-
-logger = logging.getLogger("xattn_video")
 
 _STATE_ATTR = "_xattn_state"
 _ORIGINAL_ATTR = "_xattn_original_processors"
@@ -172,13 +169,11 @@ def xattention_processors(
     model = _transformer_of(transformer)
     state = state if state is not None else XAttentionState(config)
     processors = dict(model.attn_processors)
-    blocks = [("transformer_blocks", b) for b in model.transformer_blocks] + [
-        ("single_transformer_blocks", b) for b in model.single_transformer_blocks
+    names = [f"transformer_blocks.{i}.attn" for i in range(len(model.transformer_blocks))] + [
+        f"single_transformer_blocks.{i}.attn" for i in range(len(model.single_transformer_blocks))
     ]
-    counts: dict[str, int] = {}
-    for index, (group, block) in enumerate(blocks):
-        i = counts[group] = counts.get(group, -1) + 1
-        name = f"{group}.{i}.attn"
+    blocks = [*model.transformer_blocks, *model.single_transformer_blocks]
+    for index, (name, block) in enumerate(zip(names, blocks)):
         state.register_layer(block.attn, index, name)
         processors[f"{name}.processor"] = XAttentionProcessor(config, state, layer=index, name=name)
     return processors
@@ -217,7 +212,3 @@ def remove_xattention(pipe_or_transformer: Any) -> None:
     for attr in (_ORIGINAL_ATTR, _HOOK_ATTR, _STATE_ATTR):
         delattr(model, attr)
 
-
-def xattention_state(pipe_or_transformer: Any) -> XAttentionState | None:
-    """The state installed by ``apply_xattention``, or None."""
-    return getattr(_transformer_of(pipe_or_transformer), _STATE_ATTR, None)

@@ -184,12 +184,9 @@ def _check_pipe(pipe: Any) -> XAttnPipe:
 
 
 def _check_sizes(num_frames: int, height: int, width: int, steps: int) -> None:
-    """HunyuanVideo's VAE compresses time by 4 and space by 8; the transformer patchifies by 2."""
-    if num_frames < 1 or (num_frames - 1) % 4:
-        raise ValueError(f"num_frames={num_frames} is not accepted: it must be 4k+1 (1, 5, 9, ..., 129)")
-    for name, v in (("height", height), ("width", width)):
-        if v < 16 or v % 16:
-            raise ValueError(f"{name}={v} is not accepted: it must be a multiple of 16, at least 16")
+    from ..pipelines.hunyuan_video import check_video_size
+
+    check_video_size(num_frames, height, width)
     if steps < 1:
         raise ValueError(f"steps={steps} must be >= 1")
 

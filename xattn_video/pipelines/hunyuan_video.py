@@ -57,6 +57,17 @@ def load_pipeline(model: str | Path | None = None, device: str | torch.device | 
     return pipe
 
 
+def check_video_size(num_frames: int, height: int, width: int,
+                     names: tuple[str, str, str] = ("num_frames", "height", "width")) -> None:
+    """Raise ``ValueError`` naming the bad value unless the size fits HunyuanVideo: the VAE packs 4 frames and
+    8x8 pixels, the transformer patchifies by 2. ``names`` are how the caller's user spells the three."""
+    if num_frames < 1 or (num_frames - 1) % 4:
+        raise ValueError(f"{names[0]}={num_frames} must be 4k+1 (1, 5, 9, ..., 129): the VAE packs 4 frames")
+    for name, value in zip(names[1:], (height, width)):
+        if value < 16 or value % 16:
+            raise ValueError(f"{name}={value} must be a multiple of 16, at least 16 (VAE 8x, patch 2x)")
+
+
 def model_name(pipe: Any) -> str:
     return getattr(pipe, "xattn_model_name", type(pipe).__name__)
 
@@ -250,8 +261,7 @@ def compare(pipe: Any, prompt: str, config: XAttentionConfig, *, num_frames: int
 
     steps = sizes["num_inference_steps"]
     per_step_layer = [[densities.get(s, {}).get(l) for l in range(len(layer_names))] for s in range(steps)]
-    sparse_steps = [s for s in range(config.warmup_steps, steps)]
-    sparse_values = [d for s in sparse_steps for d in per_step_layer[s] if d is not None]
+    sparse_values = [d for s in range(config.warmup_steps, steps) for d in per_step_layer[s] if d is not None]
     fidelity = fidelity_report(dense.video, sparse.video, lpips_weights=lpips_weights)
     report: dict[str, Any] = {
         "prompt": prompt,
