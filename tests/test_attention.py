@@ -140,8 +140,11 @@ def test_triton_request_falls_back_only_when_allowed(caplog):
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kv_len", [[50, 50], [50, 33]])
-def test_dense_attention_skips_padding(kv_len):
+@pytest.mark.parametrize("kv_len", [[50, 50], [50, 33], [41, 41]])
+@pytest.mark.parametrize("slice_path", [False, True])
+def test_dense_attention_skips_padding(kv_len, slice_path, monkeypatch):
+    if slice_path:  # the GPU branch (padded keys sliced off) takes the same CPU tensors
+        monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
     q, k, v = _qkv(2, 2, 50, 16, seed=4)
     kvl = torch.tensor(kv_len)
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=_key_mask(50, kvl)[:, None, None, :])

@@ -114,8 +114,9 @@ def dense_attention(
 ) -> torch.Tensor:
     """Exact attention that skips padded keys without a dense mask where it can.
 
-    One sample (or equal lengths): slice the valid keys and run unmasked SDPA, which keeps PyTorch on its
-    fastest kernels (a boolean mask sends it to a slower one). Several lengths: a boolean key mask.
+    On CUDA, one sample (or equal lengths): slice the valid keys and run unmasked SDPA, which keeps PyTorch on
+    its fastest kernels (a boolean mask sends it to a slower one). Otherwise a boolean ``[B, 1, 1, N]`` key
+    mask: on a CPU that is diffusers' own call, so dense steps reproduce the stock processor bit for bit.
     The backend is left to PyTorch, which prefers cuDNN on Hopper by itself. Forcing it (``sdpa_kernel``,
     with or without a priority order) was seen on torch 2.11 to change later backend choices for every SDPA
     call in the process: the stock processor's masked call then ran 2.6x slower.
@@ -123,7 +124,7 @@ def dense_attention(
     attn_mask = None
     if kv_len is not None:
         lengths = kv_len.tolist()
-        if min(lengths) == max(lengths):
+        if q.is_cuda and min(lengths) == max(lengths):
             n = int(lengths[0])
             k, v = k[:, :, :n], v[:, :, :n]
         else:

@@ -104,9 +104,6 @@ class XAttentionProcessor:
             return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
         if self.state.is_dense(layer) or q.shape[2] < max(self.config.min_seq_len, 2 * self.config.block_size):
             self.state.record(layer, 1.0)
-            if not q.is_cuda:
-                # the stock processor's own call: bit-identical dense steps where speed does not matter
-                return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
             return dense_attention(q, k, v, kv_len)
         cached = self.state.cached_mask(layer, kv_len)
         out, mask = xattention(q, k, v, self.config, kv_len, layer=layer, global_start=global_start, mask=cached)
