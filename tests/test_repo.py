@@ -18,3 +18,12 @@ def test_presets_load():
     assert {"tiny_cpu", "hunyuan_720p_quality", "hunyuan_720p_fast"} <= set(preset_names())
     assert load_config("hunyuan_720p_quality").threshold == 0.95
     assert load_config("hunyuan_720p_fast").threshold == 0.9
+
+
+def test_presets_use_the_op_and_schedule_sections():
+    import yaml
+
+    from xattn_video.config import PRESET_DIR
+
+    for path in PRESET_DIR.glob("*.yaml"):
+        assert set(yaml.safe_load(path.read_text())) == {"op", "schedule"}, path.name
