@@ -1,4 +1,4 @@
-"""Report of one dense-vs-XAttention comparison: ``report.json``, ``report.md`` and PNG plots.
+"""Writing the report of one dense-vs-XAttention comparison: ``report.json``, ``report.md`` and PNG plots.
 
 ``write_report(out_dir, report, dense_video, sparse_video)`` writes everything; ``render_report(out_dir)``
 re-draws ``report.md`` and the PNGs from ``report.json`` alone (plus ``dense.mp4`` / ``sparse.mp4`` in
@@ -10,15 +10,15 @@ Files: ``report.json`` (all numbers and the config), ``report.md`` (summary), ``
 
 Non-finite numbers: strict JSON has no Infinity/NaN, so ``report.json`` stores them as the strings
 ``"inf"``, ``"-inf"`` and ``"nan"`` (PSNR of identical frames is ``"inf"``); ``load_report`` gives them back as
-floats. Missing optional parts are rendered as "n/a".
+floats. Missing optional parts are rendered as "n/a", so older or partial report files still render.
 
-report.json fields (top level, in order; ``REPORT_FIELDS``):
+The fields are those of ``schema.CompareReport`` (``REPORT_FIELDS``, in order):
 
 - ``prompt`` (str): the text prompt. ``seed`` (int): generator seed, the same for both runs.
 - ``model`` (str): model id or path. ``device`` (str): e.g. ``"cuda:0"``. ``dtype`` (str): e.g. ``"bfloat16"``.
 - ``num_frames``, ``height``, ``width`` (int): video size. ``num_inference_steps`` (int): denoising steps.
 - ``warmup_steps`` (int): leading steps run dense in the XAttention run.
-- ``config`` (object): ``XAttentionConfig.to_dict()`` of the sparse run.
+- ``config`` (object): ``XAttentionConfig.to_dict()`` of the sparse run: ``{"op": {...}, "schedule": {...}}``.
 - ``timing`` (object), times in seconds, wall clock (GPU synchronised):
     - ``dense`` / ``sparse``: ``total_s`` (end to end: text encoding, denoising, VAE decode), ``denoise_s``
       (all denoising steps), ``decode_s`` (VAE decode), ``step_s`` (list, one per step), ``attention_s``
@@ -26,10 +26,11 @@ report.json fields (top level, in order; ``REPORT_FIELDS``):
     - ``speedup_end_to_end`` = dense ``total_s`` / sparse ``total_s``; ``speedup_denoise`` = dense
       ``denoise_s`` / sparse ``denoise_s``; ``speedup_per_step`` (list) = dense / sparse ``step_s``.
     - ``warmup_step_indices`` (list of int): steps the sparse run computed densely.
-- ``density`` (object): fraction of attention blocks computed (1.0 = dense).
+- ``density`` (object, ``schema.DensityReport``, from the run record): fraction of attention blocks computed.
     - ``layers`` (list of str): attention layer names. ``per_step_layer`` (list per step of list per layer:
-      float or null; null = dense or not recorded). ``mean_sparse_steps`` (float): mean over the recorded
-      values of the steps after warmup. ``per_head`` (optional): per-head densities, as recorded.
+      float, 1.0 for a dense call (warmup, dense layer, ...); null only where the layer was not called).
+      ``reasons`` (same shape: ``warmup``, ``estimated``, ``reused``, ...). ``mean_sparse_steps`` (float): mean
+      over the steps after warmup. ``per_head``: per-head densities ``{step: {layer: [...]}}``.
 - ``fidelity`` (object): ``xattn_video.metrics.fidelity_report(dense, sparse)``: ``identical``,
   ``max_abs_diff``, ``psnr`` {``per_frame``, ``mean``, ``video_psnr``, ``identical_frames``} (dB, "inf" when
   identical), ``ssim`` {``per_frame``, ``mean``}, ``lpips`` {``available``, ``per_frame``, ``mean`` | ``reason``}.
@@ -39,7 +40,7 @@ report.json fields (top level, in order; ``REPORT_FIELDS``):
 
 Example::
 
-    from xattn_video.pipelines.report import write_report, render_report
+    from xattn_video.report import write_report, render_report
     paths = write_report("out/run1", report, dense_video=dense, sparse_video=sparse)
     paths["markdown"]            # Path("out/run1/report.md")
     render_report("out/run1")    # re-draw after editing the plotting code
@@ -54,11 +55,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-REPORT_FIELDS: List[str] = [
-    "prompt", "seed", "model", "device", "dtype",
-    "num_frames", "height", "width", "num_inference_steps", "warmup_steps",
-    "config", "timing", "density", "fidelity", "vbench", "identical",
-]
+from .schema import REPORT_FIELDS, CompareReport
+
 # Row labels of the headline table in report.md (tests check each is present).
 HEADLINE_FIELDS: List[str] = [
     "Speedup end to end", "Denoise speedup", "Mean density after warmup", "PSNR", "SSIM", "LPIPS", "Identical",
@@ -342,7 +340,7 @@ def _markdown(rep: Mapping[str, Any], drawn: Mapping[str, Optional[str]]) -> str
     L.append("## Density\n")
     if drawn.get("density_heatmap"):
         L.append(f"![density, layer × step]({FILES['density_heatmap']})\n")
-        L.append("Grey cells: step run dense (warmup or dense layer) or not recorded.")
+        L.append("Dense calls (warmup, dense layers) are 1.0; grey cells: layer not called at that step.")
         if _get(rep, "density", "per_head") is not None:
             L.append(" Per-head densities are in report.json (`density.per_head`).")
         L.append("")
@@ -394,13 +392,24 @@ def _markdown(rep: Mapping[str, Any], drawn: Mapping[str, Optional[str]]) -> str
     cfg = rep.get("config")
     if isinstance(cfg, Mapping) and cfg:
         L.append("| key | value |\n|---|---|")
-        for k, v in cfg.items():
+        for k, v in _config_rows(cfg):
             L.append(f"| {k} | `{json.dumps(v)}` |")
         L.append("")
     else:
         L.append("Not recorded.\n")
     L.append("All numbers: `report.json`.\n")
     return "\n".join(L)
+
+
+def _config_rows(cfg: Mapping[str, Any]) -> List[Tuple[str, Any]]:
+    """``op.threshold``-style rows for the ``op`` / ``schedule`` sections; flat keys (older reports) as they are."""
+    rows: List[Tuple[str, Any]] = []
+    for k, v in cfg.items():
+        if k in ("op", "schedule") and isinstance(v, Mapping):
+            rows += [(f"{k}.{name}", value) for name, value in v.items()]
+        else:
+            rows.append((k, v))
+    return rows
 
 
 # ---------------------------------------------------------------- plots (matplotlib, no pyplot: no global backend)
@@ -431,7 +440,7 @@ def _plot_density(rep: Mapping[str, Any], path: Path) -> bool:
     ax.set_yticks(range(0, n_layers, stride))
     ax.set_yticklabels([layers[j] for j in range(0, n_layers, stride)], fontsize=6)
     ax.set_xticks(range(0, n_steps, max(1, math.ceil(n_steps / 25))))
-    ax.set_title("Attention density: fraction of blocks computed\n(grey = dense / not recorded)", fontsize=10)
+    ax.set_title("Attention density: fraction of blocks computed\n(1 = dense; grey = not recorded)", fontsize=10)
     fig.colorbar(im, ax=ax, label="density")
     fig.tight_layout()
     fig.savefig(path)
@@ -570,11 +579,12 @@ def _render(out_dir: Path, rep: Dict[str, Any], dense_video: Any, sparse_video: 
 
 # ---------------------------------------------------------------- public entry points
 def write_report(
-    out_dir: PathLike, report: Mapping[str, Any], dense_video: Any = None, sparse_video: Any = None
+    out_dir: PathLike, report: Union[CompareReport, Mapping[str, Any]], dense_video: Any = None,
+    sparse_video: Any = None,
 ) -> Dict[str, Path]:
     """Write ``report.json``, ``report.md`` and the PNGs into ``out_dir``; return ``{kind: path}``.
 
-    ``report`` follows the schema in this module's docstring (missing optional parts render as "n/a").
+    ``report``: a ``CompareReport``, or its dict form (missing optional parts render as "n/a").
     ``dense_video`` / ``sparse_video`` (``[F, H, W, 3]``, float 0..1 or uint8) feed the frame strip; without
     them, ``dense.mp4`` / ``sparse.mp4`` in ``out_dir`` are used if present. Keys of the result: ``json``,
     ``markdown``, and those of the plots drawn (``density_heatmap``, ``step_times``, ``frames``).
@@ -583,8 +593,10 @@ def write_report(
 
         paths = write_report("out/run1", report, dense_video=dense, sparse_video=sparse)
     """
+    if isinstance(report, CompareReport):
+        report = report.to_dict()
     if not isinstance(report, Mapping):
-        raise ValueError(f"report is {type(report).__name__}; expected a dict (see REPORT_FIELDS)")
+        raise ValueError(f"report is {type(report).__name__}; expected a CompareReport or a dict (see REPORT_FIELDS)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(json_safe(report), indent=2, allow_nan=False)
