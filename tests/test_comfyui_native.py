@@ -240,3 +240,12 @@ def test_node_conventions():
             for key, (kind, *opts) in group.items():
                 if kind in ("INT", "FLOAT"):
                     assert {"default", "min", "max", "tooltip"} <= set(opts[0]), (name, key)
+
+
+def test_mask_reuse_through_the_node(model):
+    patched, runtime = _patch(model, threshold=0.5, warmup_steps=1, mask_reuse_steps=2)
+    _sample(patched)
+    per_step = [[c.reason for c in runtime.record.calls if c.step == s] for s in range(STEPS)]
+    assert per_step == [["warmup"] * 4, ["estimated"] * 4, ["reused"] * 4, ["estimated"] * 4]
+    assert runtime.density_table()[2] == runtime.density_table()[1], "a reused mask keeps its density"
+    assert len(runtime.masks) == 0, "nothing kept after the sampler's last step"
