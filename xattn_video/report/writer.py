@@ -55,7 +55,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .schema import REPORT_FIELDS, CompareReport
+from .schema import REPORT_FIELDS, CompareReport  # noqa: F401  (REPORT_FIELDS: re-exported)
 
 # Row labels of the headline table in report.md (tests check each is present).
 HEADLINE_FIELDS: List[str] = [
@@ -214,19 +214,6 @@ def _density_matrix(rep: Mapping[str, Any]) -> Tuple[List[str], Optional[np.ndar
     return layers or [str(j) for j in range(width)], mat
 
 
-def _mean_density_after_warmup(rep: Mapping[str, Any]) -> Optional[float]:
-    given = _num(_get(rep, "density", "mean_sparse_steps"))
-    if given is not None:
-        return given
-    _, mat = _density_matrix(rep)
-    if mat is None:
-        return None
-    warm = set(_warmup_indices(rep, mat.shape[0]))
-    vals = mat[[s for s in range(mat.shape[0]) if s not in warm]]
-    vals = vals[~np.isnan(vals)]
-    return float(vals.mean()) if vals.size else None
-
-
 def _speedup(rep: Mapping[str, Any], key: str, time_key: str) -> Tuple[Optional[float], str]:
     dense_t = _num(_get(rep, "timing", "dense", time_key))
     sparse_t = _num(_get(rep, "timing", "sparse", time_key))
@@ -277,7 +264,8 @@ def _markdown(rep: Mapping[str, Any], drawn: Mapping[str, Optional[str]]) -> str
     # headline
     e2e, e2e_d = _speedup(rep, "speedup_end_to_end", "total_s")
     den, den_d = _speedup(rep, "speedup_denoise", "denoise_s")
-    mdens = _mean_density_after_warmup(rep)
+    # the run record's one definition (RunRecord.mean_density_after_warmup), never recomputed here
+    mdens = _num(_get(rep, "density", "mean_sparse_steps"))
     fid = rep.get("fidelity")
     identical = rep.get("identical")
     L.append("## Headline\n")
