@@ -196,6 +196,8 @@ def test_mask_reuse_gives_the_stored_mask_and_output():
     assert [c.reason for c in runtime.record.calls] == ["estimated", "reused", "estimated"]
     torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=0)
     assert len(runtime.masks) == 1, "the step-2 mask waits for step 3; the step-0 one is gone"
+    # stored as bits: [B=1, H=2, QB=7, ceil(KB=7 / 8)=1] uint8, plus the int64 key lengths
+    assert runtime.masks.nbytes == 1 * 2 * 7 * 1 + 8
     runtime.end_run()
     assert len(runtime.masks) == 0 and len(runtime.record) == 3, "masks freed, record kept"
 
