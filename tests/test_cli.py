@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from xattn_video.cli import main
+from xattn_video.report import SUMMARY_FIELDS, GenerateSummary
 from xattn_video.video_io import read_mp4
 
 
@@ -19,14 +20,17 @@ def test_generate_writes_video_and_summary(tmp_path):
     assert frames.shape == (9, 96, 128, 3)
     assert frames.std() > 1.0, "a real, non-constant video"
     summary = json.loads((out / "summary.json").read_text())
+    assert list(summary) == SUMMARY_FIELDS
+    GenerateSummary.from_dict(summary)  # the typed schema reads it back
     assert summary["num_frames"] == 9 and summary["num_inference_steps"] == 4 and summary["warmup_steps"] == 1
-    assert summary["config"]["threshold"] == 0.9
-    per_step = summary["density_per_step_layer"]
-    assert sorted(per_step, key=int) == ["0", "1", "2", "3"]
-    assert all(d == 1.0 for d in per_step["0"].values()), "warmup step is dense"
-    for step in ("1", "2", "3"):
-        assert len(per_step[step]) == 4 and all(d < 1.0 for d in per_step[step].values())
-    assert 0 < summary["mean_density_after_warmup"] < 1
+    assert summary["config"]["op"]["threshold"] == 0.9 and summary["config"]["schedule"]["warmup_steps"] == 1
+    density = summary["density"]  # the same DensityReport as compare's report.json
+    assert len(density["layers"]) == 4 and len(density["per_step_layer"]) == 4
+    assert density["per_step_layer"][0] == [1.0] * 4, "the warmup step is dense, recorded as 1.0"
+    assert density["reasons"][0] == ["warmup"] * 4 and density["reasons"][1] == ["estimated"] * 4
+    assert all(d < 1.0 for row in density["per_step_layer"][1:] for d in row)
+    after = [d for row in density["per_step_layer"][1:] for d in row]
+    assert density["mean_sparse_steps"] == pytest.approx(sum(after) / len(after))
     assert summary["wall_time_s"] > 0 and len(summary["timing"]["step_s"]) == 4
 
 
@@ -59,3 +63,21 @@ def test_console_script_reports_usage_errors_without_traceback():
     proc = subprocess.run([sys.executable, "-m", "xattn_video.cli", "generate"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "xattn-video: error: the following arguments are required: --prompt"
+
+
+def test_compare_without_the_metrics_extra_fails_before_any_work(monkeypatch, capsys, tmp_path):
+    import sys as _sys
+
+    import xattn_video.pipelines.hunyuan_video as hv
+
+    monkeypatch.setitem(_sys.modules, "skimage", None)  # as if scikit-image were not installed
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a model was loaded before the missing extra was reported")
+
+    monkeypatch.setattr(hv, "load_pipeline", no_load)
+    rc = main(["compare", "--prompt", "x", "--out", str(tmp_path / "cmp")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "scikit-image" in err and "pip install 'xattn-video[metrics]'" in err
+    assert not (tmp_path / "cmp").exists()

@@ -17,15 +17,10 @@ import comfy.sample  # noqa: E402
 import comfy.supported_models  # noqa: E402
 from comfy.ldm.flux import math as flux_math  # noqa: E402
 
-from xattn_video.comfyui.native import (  # noqa: E402
-    STATE_ATTR,
-    XAttentionPatch,
-    key_padding_lengths,
-    patch_model,
-    step_index,
-)
+from xattn_video.comfyui.native import STATE_ATTR, XAttentionPatch, patch_model, step_index  # noqa: E402
 from xattn_video.comfyui.nodes import NODE_CLASS_MAPPINGS, XAttentionHunyuanVideo  # noqa: E402
 from xattn_video.config import XAttentionConfig  # noqa: E402
+from xattn_video.runtime import key_padding_lengths  # noqa: E402
 
 CPU = torch.device("cpu")
 UNET = dict(image_model="hunyuan_video", in_channels=4, out_channels=4, vec_in_dim=8, context_in_dim=16,
@@ -84,41 +79,48 @@ def dense_out(model) -> torch.Tensor:
 
 
 def test_tau_one_matches_unpatched(model, dense_out):
-    patched, state = _patch(model, threshold=1.0, warmup_steps=0)
+    # max_density = 1 keeps tau = 1 on the block-sparse path (estimate + select + attention over every block)
+    patched, runtime = patch_model(model, XAttentionConfig(block_size=16, stride=4, threshold=1.0, max_density=1.0,
+                                                           warmup_steps=0))
     out = _sample(patched)
-    assert state.sparse_calls == STEPS * (UNET["depth"] + UNET["depth_single_blocks"])  # the override really ran
+    assert runtime.record.count("sparse") == STEPS * (UNET["depth"] + UNET["depth_single_blocks"])  # it really ran
     torch.testing.assert_close(out, dense_out, rtol=1e-4, atol=1e-5)
-    assert all(d == pytest.approx(1.0) for d in state.density_per_step().values())
+    assert all(d == pytest.approx(1.0) for layers in runtime.density_table().values() for d in layers.values())
+    # plain tau = 1 is planned dense ("exact"): ComfyUI's own attention, identical
+    patched, runtime = _patch(model, threshold=1.0, warmup_steps=0)
+    torch.testing.assert_close(_sample(patched), dense_out, rtol=0, atol=0)
+    assert runtime.record.counts() == {"exact": STEPS * 4}
 
 
 def test_tau_below_one_is_sparse_after_warmup(model, dense_out):
-    patched, state = _patch(model, threshold=0.5, warmup_steps=2)
+    patched, runtime = _patch(model, threshold=0.5, warmup_steps=2)
     out = _sample(patched)
     assert not torch.allclose(out, dense_out, atol=1e-4)
-    dens = state.density_per_step()
-    assert sorted(dens) == list(range(STEPS))
-    assert dens[0] == 1.0 and dens[1] == 1.0  # warmup steps ran dense
-    assert all(dens[s] < 1.0 for s in range(2, STEPS))
-    assert 0.0 < state.mean_sparse_density() < 1.0
-    assert state.dense_calls == 2 * 4 and state.sparse_calls == 2 * 4 and state.fallback_calls == 0
+    table = runtime.density_table()
+    assert sorted(table) == list(range(STEPS))
+    assert set(table[0].values()) == {1.0} and set(table[1].values()) == {1.0}  # warmup steps ran dense
+    assert all(d < 1.0 for s in range(2, STEPS) for d in table[s].values())
+    assert 0.0 < runtime.record.mean_density_after_warmup() < 1.0
+    assert runtime.record.counts() == {"warmup": 2 * 4, "estimated": 2 * 4}
 
 
 def test_text_padding_mask_becomes_kv_len(model):
-    # with 3 padded text tokens, tau = 1 must still equal ComfyUI's masked attention
+    # with 3 padded text tokens, tau = 1 on the block-sparse path must still equal ComfyUI's masked attention
     ref = _sample(model, pad=3)
-    patched, state = _patch(model, threshold=1.0, warmup_steps=0)
+    patched, runtime = patch_model(model, XAttentionConfig(block_size=16, stride=4, threshold=1.0, max_density=1.0,
+                                                           warmup_steps=0))
     out = _sample(patched, pad=3)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
-    assert state.sparse_calls > 0 and state.fallback_calls == 0
+    assert runtime.record.count("sparse") > 0 and runtime.record.count(reason="mask") == 0
     assert not torch.allclose(ref, _sample(model), atol=1e-4)  # the padding mask mattered
 
 
 def test_dense_layers_stay_on_comfy_attention(model, dense_out):
     # all 4 joint-attention blocks (2 double + 2 single, numbered in that order) listed as dense
-    patched, state = patch_model(model, XAttentionConfig(block_size=16, stride=4, threshold=0.3, warmup_steps=0,
-                                                         dense_layers=(0, 1, 2, 3)))
+    patched, runtime = patch_model(model, XAttentionConfig(block_size=16, stride=4, threshold=0.3, warmup_steps=0,
+                                                           dense_layers=(0, 1, 2, 3)))
     torch.testing.assert_close(_sample(patched), dense_out, rtol=1e-4, atol=1e-5)
-    assert state.sparse_calls == 0 and state.dense_calls == STEPS * 4
+    assert runtime.record.counts() == {"dense_layer": STEPS * 4}
 
 
 def test_input_model_unchanged(model):
@@ -166,7 +168,7 @@ def test_not_hunyuan_video_model_names_it():
 
 def test_other_mask_shapes_fall_back_to_comfy(caplog):
     patch = XAttentionPatch(XAttentionConfig(block_size=16, stride=4, threshold=0.5, warmup_steps=0))
-    patch.state.begin_forward(TXT)
+    patch.txt_len = TXT  # inside a forward, as the diffusion-model wrapper sets it
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 4, 106, 16, generator=g) for _ in range(3))
     full = torch.zeros(1, 1, 106, 106)
@@ -176,30 +178,32 @@ def test_other_mask_shapes_fall_back_to_comfy(caplog):
         out = flux_math.optimized_attention(q, k, v, 4, skip_reshape=True, mask=full,
                                             transformer_options={"optimized_attention_override": patch})
     torch.testing.assert_close(out, ref)
-    assert patch.state.fallback_calls == 1 and patch.state.sparse_calls == 0
+    assert patch.runtime.record.counts() == {"mask": 1}
     # a key-padding mask on the same call goes sparse, and the output keeps ComfyUI's [B, N, H*D] layout
     pad = torch.zeros(1, 1, 106)
     pad[..., 103:] = -torch.finfo(torch.float32).max
     out = flux_math.optimized_attention(q, k, v, 4, skip_reshape=True, mask=pad,
                                         transformer_options={"optimized_attention_override": patch})
-    assert out.shape == (1, 106, 64) and patch.state.sparse_calls == 1
+    assert out.shape == (1, 106, 64) and patch.runtime.record.count("sparse") == 1
 
 
 def test_token_refiner_and_short_sequences_untouched():
     patch = XAttentionPatch(XAttentionConfig(block_size=16, stride=4, threshold=0.1, warmup_steps=0))
     calls = []
 
-    def original(*args, **kwargs):
-        calls.append(args[0].shape)
-        return torch.zeros(1)
+    def original(q, k, v, heads, skip_reshape=False, skip_output_reshape=False, **kwargs):
+        calls.append(q.shape)
+        b, h, n, d = q.shape
+        return torch.zeros(b, h, n, d) if skip_output_reshape else torch.zeros(b, n, h * d)
 
     q = torch.randn(1, 4, TXT, 16)
     patch(original, q, q, q, 4, skip_reshape=True, mask=None)  # outside a forward
-    patch.state.begin_forward(TXT)
+    patch.txt_len = TXT
     patch(original, q, q, q, 4, skip_reshape=True, mask=None)  # text-only: the token refiner
     short = torch.randn(1, 4, 20, 16)  # < 2 blocks of 16
-    patch(original, short, short, short, 4, skip_reshape=True, mask=None)
-    assert len(calls) == 3 and patch.state.sparse_calls == 0
+    out = patch(original, short, short, short, 4, skip_reshape=True, mask=None)
+    assert out.shape == (1, 20, 64), "ComfyUI's output layout"
+    assert len(calls) == 3 and patch.runtime.record.counts() == {"short": 1}
 
 
 def test_key_padding_lengths():
@@ -236,3 +240,12 @@ def test_node_conventions():
             for key, (kind, *opts) in group.items():
                 if kind in ("INT", "FLOAT"):
                     assert {"default", "min", "max", "tooltip"} <= set(opts[0]), (name, key)
+
+
+def test_mask_reuse_through_the_node(model):
+    patched, runtime = _patch(model, threshold=0.5, warmup_steps=1, mask_reuse_steps=2)
+    _sample(patched)
+    per_step = [[c.reason for c in runtime.record.calls if c.step == s] for s in range(STEPS)]
+    assert per_step == [["warmup"] * 4, ["estimated"] * 4, ["reused"] * 4, ["estimated"] * 4]
+    assert runtime.density_table()[2] == runtime.density_table()[1], "a reused mask keeps its density"
+    assert len(runtime.masks) == 0, "nothing kept after the sampler's last step"

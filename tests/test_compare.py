@@ -11,7 +11,7 @@ from PIL import Image
 from xattn_video.cli import main
 from xattn_video.config import load_config
 from xattn_video.pipelines.hunyuan_video import compare, load_pipeline
-from xattn_video.pipelines.report import REPORT_FIELDS, load_report
+from xattn_video.report import REPORT_FIELDS, CompareReport, load_report
 
 SIZES = dict(num_frames=9, height=96, width=96, num_inference_steps=3)
 
@@ -48,12 +48,17 @@ def test_default_config_is_sparse_with_finite_psnr(pipe, tmp_path):
     assert t["warmup_step_indices"] == [0]
     per_step = rep["density"]["per_step_layer"]
     assert per_step[0] == [1.0] * 4 and all(d < 1 for d in per_step[1] + per_step[2])
+    assert rep["density"]["reasons"] == [["warmup"] * 4, ["estimated"] * 4, ["estimated"] * 4]
+    # one definition of the mean after warmup: the run record's
+    assert rep["density"]["mean_sparse_steps"] == pytest.approx(result.record.mean_density_after_warmup())
+    assert result.typed == CompareReport.from_dict(rep)
     assert "temporal_flickering" in rep["vbench"]["sparse"]["computed"]
     assert "subject_consistency" in rep["vbench"]["sparse"]["skipped"]
 
     # the files: report.json holds every documented field; plots are real images; videos are there
     on_disk = load_report(tmp_path / "report.json")
     assert list(on_disk) == REPORT_FIELDS
+    CompareReport.from_dict(on_disk)
     for name in ("density_heatmap.png", "step_times.png", "frames.png"):
         with Image.open(tmp_path / name) as im:
             im.verify()
@@ -82,3 +87,34 @@ def test_cli_compare_and_report(tmp_path, capsys):
     assert main(["report", str(out)]) == 0
     assert (out / "report.md").exists() and (out / "step_times.png").exists()
     assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+def test_videos_are_written_before_the_metrics(pipe, tmp_path, monkeypatch):
+    import xattn_video.metrics.fidelity as fidelity
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a metric failed late")
+
+    monkeypatch.setattr(fidelity, "fidelity_report", broken)
+    cfg = load_config("tiny_cpu").replace(warmup_steps=1)
+    small = dict(num_frames=5, height=64, width=64, num_inference_steps=2)
+    with pytest.raises(RuntimeError, match="a metric failed late"):
+        compare(pipe, "a kite", cfg, out_dir=tmp_path, progress=False, warm_up=False, **small)
+    for name in ("dense.mp4", "sparse.mp4"):
+        assert (tmp_path / name).stat().st_size > 0, f"{name} was not written before the metrics ran"
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_compare_puts_back_an_applied_xattention(pipe):
+    from xattn_video import apply_xattention, remove_xattention
+    from xattn_video.processors import runtime_of
+
+    cfg = load_config("tiny_cpu")
+    mine = apply_xattention(pipe, cfg)
+    try:
+        small = dict(num_frames=5, height=64, width=64, num_inference_steps=2)
+        result = compare(pipe, "a kite", cfg.replace(warmup_steps=0), progress=False, warm_up=False, **small)
+        assert runtime_of(pipe) is mine, "the user's XAttention is back"
+        assert result.record is not mine.record and len(mine.record) == 0
+    finally:
+        remove_xattention(pipe)

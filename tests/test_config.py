@@ -2,7 +2,7 @@
 
 import pytest
 
-from xattn_video import XAttentionConfig
+from xattn_video import OpConfig, ScheduleConfig, XAttentionConfig
 
 
 def test_yaml_round_trip(tmp_path):
@@ -53,3 +53,51 @@ def test_dense_everywhere():
     assert XAttentionConfig(threshold=1.0).is_dense_everywhere()
     assert not XAttentionConfig(threshold=1.0, max_density=0.5).is_dense_everywhere()
     assert not XAttentionConfig(threshold={"default": 1.0, "layers": {2: 0.9}}).is_dense_everywhere()
+
+
+def test_op_and_schedule_are_separate_parts():
+    cfg = XAttentionConfig(threshold=0.8, block_size=64, stride=8, warmup_steps=3, dense_layers=[1])
+    assert cfg.op == OpConfig(threshold=0.8, block_size=64, stride=8)
+    assert cfg.schedule == ScheduleConfig(warmup_steps=3, dense_layers=(1,))
+    assert cfg == XAttentionConfig(op=cfg.op, schedule=cfg.schedule)
+    assert cfg.threshold == 0.8 and cfg.warmup_steps == 3  # flat names read through
+    assert cfg.replace(warmup_steps=0).op is cfg.op and cfg.replace(threshold=0.5).schedule is cfg.schedule
+    with pytest.raises(ValueError, match=r"unknown XAttention config field\(s\) \['warmup'\]"):
+        XAttentionConfig(warmup=3)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        cfg.nope
+
+
+def test_sectioned_yaml_and_legacy_flat_files_load_the_same(tmp_path):
+    cfg = XAttentionConfig(threshold=0.9, max_density=0.3, warmup_steps=5, mask_reuse_steps=2, unknown_step="sparse")
+    cfg.save(tmp_path / "new.yaml")
+    text = (tmp_path / "new.yaml").read_text()
+    assert text.startswith("op:\n") and "\nschedule:\n" in text
+    # a user file written for earlier versions: flat keys
+    (tmp_path / "old.yaml").write_text("threshold: 0.9\nmax_density: 0.3\nwarmup_steps: 5\nmask_reuse_steps: 2\n"
+                                       "unknown_step: sparse\nkeep_text: true\nbackend: auto\n")
+    assert XAttentionConfig.load(tmp_path / "old.yaml") == XAttentionConfig.load(tmp_path / "new.yaml") == cfg
+    (tmp_path / "mixed.yaml").write_text("op:\n  threshold: 0.9\nwarmup_steps: 1\n")
+    assert XAttentionConfig.load(tmp_path / "mixed.yaml").warmup_steps == 1
+    (tmp_path / "twice.yaml").write_text("op:\n  threshold: 0.9\nthreshold: 0.8\n")
+    with pytest.raises(ValueError, match=r"\['threshold'\] given both flat and inside a section"):
+        XAttentionConfig.load(tmp_path / "twice.yaml")
+    (tmp_path / "wrong.yaml").write_text("schedule:\n  threshold: 0.9\n")
+    with pytest.raises(ValueError, match=r"wrong.yaml.*unknown key\(s\) \['threshold'\] in config section 'schedule'"):
+        XAttentionConfig.load(tmp_path / "wrong.yaml")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"unknown_step": "skip"}, r"unknown_step='skip' is not one of \('dense', 'sparse', 'error'\)"),
+    ({"fallback": "sparse"}, r"fallback='sparse' is not one of \('dense', 'error'\)"),
+    ({"dense_layers": "0,1"}, "dense_layers='0,1' must be a list"),
+])
+def test_schedule_policies_validated(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        XAttentionConfig(**kwargs)
+
+
+def test_exactness_per_layer():
+    op = OpConfig(threshold={"default": 0.9, "layers": {2: 1.0}, "heads": {3: [1.0, 0.9]}})
+    assert op.is_exact(2, 2) and not op.is_exact(0, 2) and not op.is_exact(3, 2) and not op.is_exact()
+    assert not OpConfig(threshold=1.0, max_density=0.5).is_exact(0, 2)

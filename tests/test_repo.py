@@ -18,3 +18,21 @@ def test_presets_load():
     assert {"tiny_cpu", "hunyuan_720p_quality", "hunyuan_720p_fast"} <= set(preset_names())
     assert load_config("hunyuan_720p_quality").threshold == 0.95
     assert load_config("hunyuan_720p_fast").threshold == 0.9
+
+
+def test_presets_use_the_op_and_schedule_sections():
+    import yaml
+
+    from xattn_video.config import PRESET_DIR
+
+    for path in PRESET_DIR.glob("*.yaml"):
+        assert set(yaml.safe_load(path.read_text())) == {"op", "schedule"}, path.name
+
+
+def test_readme_points_to_the_architecture_document_in_the_repository():
+    readme = (ROOT / "README.md").read_text()
+    assert "DESIGN.md" not in readme, "the README must not send users outside the repository"
+    assert "(docs/architecture.md)" in readme and (ROOT / "docs" / "architecture.md").is_file()
+    architecture = (ROOT / "docs" / "architecture.md").read_text()
+    for module in ("runtime/", "backends.py", "hooks.py", "comfyui/native.py", "report/"):
+        assert module in architecture, module

@@ -7,11 +7,13 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 
+from xattn_video import XAttentionConfig
 from xattn_video.metrics import fidelity_report, vbench_dimensions
-from xattn_video.pipelines.report import (
+from xattn_video.report import (
     FILES,
     HEADLINE_FIELDS,
     REPORT_FIELDS,
+    CompareReport,
     json_safe,
     load_report,
     render_report,
@@ -29,7 +31,9 @@ def _videos(f=5, h=32, w=48):
 
 
 def _report(dense, sparse, identical=False):
-    per_step = [[None] * len(LAYERS) if s < WARMUP else [0.3, 0.5, None] for s in range(STEPS)]
+    # dense (warmup) calls are recorded as 1.0; None only where a layer was not called
+    per_step = [[1.0] * len(LAYERS) if s < WARMUP else [0.3, 0.5, None] for s in range(STEPS)]
+    reasons = [["warmup"] * len(LAYERS) if s < WARMUP else ["estimated", "estimated", None] for s in range(STEPS)]
     d_steps = [1.0] * STEPS
     s_steps = [1.0] * WARMUP + [0.5] * (STEPS - WARMUP)
     return {
@@ -43,7 +47,7 @@ def _report(dense, sparse, identical=False):
         "width": dense.shape[2],
         "num_inference_steps": STEPS,
         "warmup_steps": WARMUP,
-        "config": {"block_size": 32, "stride": 8, "threshold": 0.9, "warmup_steps": WARMUP, "dense_layers": []},
+        "config": XAttentionConfig(block_size=32, stride=8, threshold=0.9, warmup_steps=WARMUP).to_dict(),
         "timing": {
             "dense": {"total_s": 7.0, "denoise_s": 6.0, "decode_s": 0.8, "step_s": d_steps,
                       "attention_s": [0.6] * STEPS},
@@ -53,7 +57,7 @@ def _report(dense, sparse, identical=False):
             "speedup_per_step": [d / s for d, s in zip(d_steps, s_steps)],
             "warmup_step_indices": list(range(WARMUP)),
         },
-        "density": {"layers": LAYERS, "per_step_layer": per_step, "mean_sparse_steps": 0.4},
+        "density": {"layers": LAYERS, "per_step_layer": per_step, "reasons": reasons, "mean_sparse_steps": 0.4},
         "fidelity": fidelity_report(dense, sparse),
         "vbench": {"dense": vbench_dimensions(dense), "sparse": vbench_dimensions(sparse)},
         "identical": identical,
@@ -64,6 +68,17 @@ def _valid_png(path):
     img = imageio.imread(path)
     assert img.ndim == 3 and img.shape[0] > 0 and img.shape[1] > 0
     return img
+
+
+def test_fixture_is_a_valid_compare_report(tmp_path):
+    dense, sparse = _videos()
+    rep = _report(dense, sparse)
+    typed = CompareReport.from_dict(rep)
+    assert typed.density.per_step_layer[0] == [1.0] * len(LAYERS)
+    paths = write_report(tmp_path, typed, dense_video=dense, sparse_video=sparse)  # the typed form writes too
+    assert list(json.loads(paths["json"].read_text())) == REPORT_FIELDS
+    with pytest.raises(ValueError, match=r"report lacks \['identical'\]"):
+        CompareReport.from_dict({k: v for k, v in rep.items() if k != "identical"})
 
 
 def test_write_report_files_parse_and_headline(tmp_path, monkeypatch):
@@ -85,7 +100,7 @@ def test_write_report_files_parse_and_headline(tmp_path, monkeypatch):
     assert "unavailable: no AlexNet weights" in md
     assert md.count("warmup (dense)") == WARMUP
     assert "temporal_flickering" in md and "aesthetic_quality" in md and "not installed" in md
-    assert "| threshold | `0.9` |" in md
+    assert "| op.threshold | `0.9` |" in md and "| schedule.warmup_steps | `2` |" in md
     for key in ("density_heatmap", "step_times", "frames"):
         _valid_png(paths[key])
 
@@ -134,7 +149,7 @@ def test_minimal_report_tolerates_missing_parts(tmp_path):
 
 
 def test_bad_report_values_raise(tmp_path):
-    with pytest.raises(ValueError, match="expected a dict"):
+    with pytest.raises(ValueError, match="expected a CompareReport or a dict"):
         write_report(tmp_path, [1, 2])
     bad = {"density": {"layers": LAYERS, "per_step_layer": [[0.5, 0.5]]}}
     with pytest.raises(ValueError, match=r"per_step_layer\[0\] has 2 entries; expected 3"):
@@ -149,9 +164,11 @@ def test_bad_report_values_raise(tmp_path):
         write_report(tmp_path, {"prompt": "x"}, dense_video=dense, sparse_video=sparse[:2])
 
 
-def test_mean_density_computed_when_not_given(tmp_path):
+def test_mean_density_is_the_records_not_recomputed(tmp_path):
     dense, sparse = _videos()
     rep = _report(dense, sparse)
+    rep["density"]["mean_sparse_steps"] = 0.123  # whatever the run record said, even if the table disagrees
+    assert "| Mean density after warmup | 0.123 " in write_report(tmp_path, rep)["markdown"].read_text()
     del rep["density"]["mean_sparse_steps"]
     md = write_report(tmp_path, rep)["markdown"].read_text()
-    assert "| Mean density after warmup | 0.400 " in md  # mean of 0.3 and 0.5 over the post-warmup steps
+    assert "| Mean density after warmup | n/a (no density recorded) |" in md

@@ -3,22 +3,30 @@
 Example::
 
     from xattn_video import XAttentionConfig, apply_xattention
-    apply_xattention(pipe, XAttentionConfig(threshold=0.9, warmup_steps=5))
+    runtime = apply_xattention(pipe, XAttentionConfig(threshold=0.9, warmup_steps=5))
     video = pipe(prompt="a cat walks on the grass").frames[0]
+    runtime.record.mean_density_after_warmup()
 """
 
 from .attention import xattention
 from .block_mask import BlockSparseMask
-from .config import XAttentionConfig
+from .config import OpConfig, ScheduleConfig, XAttentionConfig
 
-__all__ = ["XAttentionConfig", "BlockSparseMask", "xattention", "apply_xattention", "remove_xattention"]
+__all__ = [
+    "XAttentionConfig", "OpConfig", "ScheduleConfig", "BlockSparseMask", "xattention", "apply_xattention",
+    "remove_xattention", "XAttentionRuntime", "MaskRequest",
+]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # processors import diffusers, which is slow: load them only when asked for
+    # loaded when asked for: the processors and the runtime are not needed to call the op
     if name in ("apply_xattention", "remove_xattention"):
         from . import processors
 
         return getattr(processors, name)
+    if name in ("XAttentionRuntime", "MaskRequest"):
+        from . import runtime
+
+        return getattr(runtime, name)
     raise AttributeError(f"module 'xattn_video' has no attribute {name!r}")

@@ -3,31 +3,28 @@
 Example::
 
     import torch
-    from xattn_video import XAttentionConfig, xattention
+    from xattn_video import OpConfig, xattention
     q, k, v = (torch.randn(1, 4, 1000, 64) for _ in range(3))
-    out, mask = xattention(q, k, v, XAttentionConfig(block_size=64, stride=8, threshold=0.9))
+    out, mask = xattention(q, k, v, OpConfig(block_size=64, stride=8, threshold=0.9))
     print(out.shape, mask.density())
 """
 
 from __future__ import annotations
 
-import functools
-import logging
 import math
-from typing import Sequence
+from typing import Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
+from .backends import TRITON_HEAD_DIMS, kernel, resolve_backend, triton_unavailable_reason  # noqa: F401
 from .block_mask import BlockSparseMask
-from .config import XAttentionConfig
+from .config import OpConfig, XAttentionConfig
 from .estimate import dense_mask, estimate_mask
-from .kernels import reference
-
-logger = logging.getLogger("xattn_video")
+from .log import log_once, logger  # noqa: F401  (re-exported: older imports name them here)
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-TRITON_HEAD_DIMS = (64, 128)
+AnyConfig = Union[OpConfig, XAttentionConfig]
 
 
 def validate_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: torch.Tensor | None) -> None:
@@ -57,56 +54,12 @@ def validate_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: torc
             raise ValueError(f"kv_len values must be in 1..{k.shape[2]} (the key length), got {lo}..{hi}")
 
 
-@functools.lru_cache(maxsize=None)
-def log_once(message: str) -> None:
-    logger.warning(message)
-
-
-def triton_unavailable_reason(q: torch.Tensor, config: XAttentionConfig | None = None) -> str | None:
-    """Why the Triton backend cannot run these inputs (and blocks), or None if it can."""
-    if not q.is_cuda:
-        return f"inputs are on {q.device.type}, the Triton kernels need a CUDA device"
-    if q.shape[-1] not in TRITON_HEAD_DIMS:
-        return f"head_dim={q.shape[-1]} is not one of the Triton kernels' {TRITON_HEAD_DIMS}"
-    if config is not None:
-        ratio = config.block_size // config.stride
-        if config.block_size % 16 or ratio & (ratio - 1):
-            return (f"block_size={config.block_size} with stride={config.stride}: the Triton kernels need a "
-                    "block size that is a multiple of 16 and a power-of-two block_size / stride")
-    try:
-        import triton  # noqa: F401
-    except ImportError as e:  # pragma: no cover - triton ships with CUDA torch on Linux
-        return f"triton is not importable ({e})"
-    return None
-
-
-def resolve_backend(config: XAttentionConfig, q: torch.Tensor) -> str:
-    """'triton' or 'reference' for these inputs under ``config.backend`` (see XAttentionConfig)."""
-    if config.backend == "reference":
-        return "reference"
-    reason = triton_unavailable_reason(q, config)
-    if reason is None:
-        return "triton"
-    if config.backend == "auto":
-        if q.is_cuda:  # a GPU that could run the kernels but not these inputs: the slow path, say so
-            log_once(f"xattn_video: backend='auto' uses the PyTorch reference on the GPU ({reason})")
-        return "reference"
-    if config.allow_fallback:
-        log_once(f"xattn_video: backend='triton' cannot run ({reason}); using the PyTorch reference")
-        return "reference"
-    raise RuntimeError(f"backend='triton' cannot run: {reason} (set allow_fallback=True to use the reference)")
-
-
 def block_sparse_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockSparseMask, backend: str,
     scale: float | None = None,
 ) -> torch.Tensor:
     """Attention over the blocks of ``mask`` (keys past ``mask.kv_len`` excluded) on one backend."""
-    if backend == "triton":
-        from .kernels.block_sparse_attention import block_sparse_attention_triton
-
-        return block_sparse_attention_triton(q, k, v, mask, scale)
-    return reference.block_sparse_attention_reference(q, k, v, mask, scale)
+    return kernel("attend", backend)(q, k, v, mask, scale)
 
 
 def dense_attention(
@@ -133,11 +86,22 @@ def dense_attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
 
+def op_config(config: AnyConfig | None) -> OpConfig:
+    """The op's part of a config: an ``OpConfig`` as is, an ``XAttentionConfig``'s ``.op``, None -> defaults."""
+    if config is None:
+        return OpConfig()
+    if isinstance(config, XAttentionConfig):
+        return config.op
+    if not isinstance(config, OpConfig):
+        raise TypeError(f"config must be an OpConfig or XAttentionConfig, got {type(config).__name__}")
+    return config
+
+
 def xattention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    config: XAttentionConfig | None = None,
+    config: AnyConfig | None = None,
     kv_len: torch.Tensor | None = None,
     *,
     layer: int | None = None,
@@ -149,18 +113,20 @@ def xattention(
 
     Args:
         q, k, v: ``[B, H, N, D]`` (k and v may have another N), float16 / bfloat16 / float32.
-        config: block size, stride, threshold, ... (defaults: ``XAttentionConfig()``).
+        config: the op's parameters: an ``OpConfig`` (or an ``XAttentionConfig``, whose ``.op`` is used);
+            defaults: ``OpConfig()``. The schedule (warmup, dense layers, reuse) is the runtime's, not the op's.
         kv_len: ``[B]`` valid key lengths; keys at or past it are padding and never attended.
         layer: layer index, to look up per-layer thresholds in ``config``.
         global_start: tokens at or past this index are global (e.g. text): their key blocks are always
             kept and their query blocks attend densely.
         threshold: overrides the config's threshold (one value or one per head).
-        mask: reuse a mask from an earlier call instead of estimating.
+        mask: use this mask (an earlier call's, or one from a mask source) instead of estimating; it is
+            used as given (``keep_text`` / ``keep_diagonal`` are not added to it).
 
     Returns:
         ``(out, mask)``: out ``[B, H, N, D]`` in q's dtype, and the ``BlockSparseMask`` used.
     """
-    config = config or XAttentionConfig()
+    config = op_config(config)
     validate_qkv(q, k, v, kv_len)
     backend = resolve_backend(config, q)
     b, h, n, _ = q.shape

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import XAttentionConfig, load_config, preset_names
+from .extras import MissingExtraError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -97,32 +98,31 @@ def _settings(args: argparse.Namespace) -> tuple[XAttentionConfig, dict[str, Any
 def _generate(args: argparse.Namespace) -> int:
     from .pipelines.hunyuan_video import load_pipeline, model_name, timed_generate
     from .processors import apply_xattention
+    from .report.schema import DensityReport, GenerateSummary
     from .video_io import write_mp4
 
     config, sizes = _settings(args)
     pipe = load_pipeline(args.model, device=args.device)
-    state = apply_xattention(pipe, config)
+    runtime = apply_xattention(pipe, config)
     gen = timed_generate(pipe, args.prompt, seed=args.seed, **sizes)
     out = Path(args.out)
     video_path = write_mp4(gen.video, out / "video.mp4", fps=args.fps)
-    table = state.density_table()
-    summary = {
-        "prompt": args.prompt, "seed": args.seed, "model": model_name(pipe), **sizes,
-        "warmup_steps": config.warmup_steps, "config": config.to_dict(),
-        "wall_time_s": gen.total_s, "timing": gen.timing(),
-        "layers": [state.layer_names[i] for i in sorted(state.layer_names)],
-        "density_per_step_layer": {str(s): {str(l): d for l, d in layers.items()} for s, layers in table.items()},
-        "mean_density_after_warmup": _mean([d for s, layers in table.items() if s >= config.warmup_steps
-                                            for d in layers.values()]),
-        "video": str(video_path),
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary = GenerateSummary(
+        prompt=args.prompt, seed=args.seed, model=model_name(pipe), **sizes, warmup_steps=config.warmup_steps,
+        config=config.to_dict(), wall_time_s=gen.total_s, timing=gen.run_timing(),
+        density=DensityReport.from_record(runtime.record, sizes["num_inference_steps"]), video=str(video_path),
+    )
+    (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
+    mean = summary.density.mean_sparse_steps
     print(f"wrote {video_path} and {out / 'summary.json'} ({gen.total_s:.1f} s, mean density after warmup "
-          f"{summary['mean_density_after_warmup']})")
+          f"{'n/a' if mean is None else f'{mean:.3f}'})")
     return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from .extras import require
+
+    require("ssim", "plots", what="xattn-video compare")  # before a model is loaded or a video generated
     from .pipelines.hunyuan_video import compare, load_pipeline
 
     config, sizes = _settings(args)
@@ -136,7 +136,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .pipelines.report import render_report
+    from .report.writer import render_report
 
     folder = Path(args.dir)
     if not (folder / "report.json").is_file():
@@ -146,16 +146,12 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mean(values: Sequence[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         args = _build_parser().parse_args(argv)
         return {"generate": _generate, "compare": _compare, "report": _report}[args.command](args)
-    except (_UsageError, ValueError, FileNotFoundError) as e:
+    except (_UsageError, ValueError, FileNotFoundError, MissingExtraError) as e:
         if os.environ.get("XATTN_VIDEO_DEBUG"):
             raise
         print(f"xattn-video: error: {e}", file=sys.stderr)

@@ -1,9 +1,19 @@
-"""XAttention settings: one dataclass, validated on construction, loadable from YAML.
+"""XAttention settings: the op's parameters (``OpConfig``) apart from the schedule's (``ScheduleConfig``).
+
+``OpConfig`` is everything ``xattention()`` needs for one call (blocks, stride, thresholds, text and diagonal
+blocks, density cap, backend). ``ScheduleConfig`` is what the runtime decides per call across a generation
+(dense warmup steps, dense layers, mask reuse, minimum length, unknown-step and fallback policies).
+``XAttentionConfig`` holds one of each; it accepts and exposes the flat field names too, so
+``XAttentionConfig(threshold=0.9, warmup_steps=5).threshold`` works.
+
+YAML: ``op:`` and ``schedule:`` sections (what ``save`` writes). Files with the flat keys of earlier versions
+(``threshold: 0.9`` next to ``warmup_steps: 5``) load unchanged: every name belongs to exactly one section.
 
 Example::
 
     from xattn_video import XAttentionConfig
     cfg = XAttentionConfig(threshold=0.95, warmup_steps=5)
+    cfg.op.threshold, cfg.schedule.warmup_steps          # 0.95, 5
     cfg.save("my.yaml"); assert XAttentionConfig.load("my.yaml") == cfg
 """
 
@@ -21,6 +31,8 @@ import yaml
 Threshold = Union[float, Mapping[str, Any]]
 
 BACKENDS = ("auto", "triton", "reference")
+UNKNOWN_STEP_POLICIES = ("dense", "sparse", "error")
+FALLBACK_POLICIES = ("dense", "error")
 
 
 def _check_tau(value: Any, where: str) -> float:
@@ -29,71 +41,60 @@ def _check_tau(value: Any, where: str) -> float:
     return float(value)
 
 
+def _check_int(obj: Any, names: Sequence[str]) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"{name}={v!r} must be an integer")
+
+
 @dataclass(frozen=True)
-class XAttentionConfig:
-    """How XAttention picks and computes blocks.
+class OpConfig:
+    """The parameters of one ``xattention()`` call.
 
     Attributes:
-        block_size: B, side of the square attention blocks (tokens). 16..256, a multiple of ``stride``.
+        block_size: B, side of the square attention blocks (tokens). 4..512, a multiple of ``stride``.
         stride: S, antidiagonal stride of the estimate; divides ``block_size``. The paper uses 8 or 16.
         threshold: tau in (0, 1]; per query-block row keep the fewest key blocks whose estimated mass reaches
             tau. A float, or a table ``{"default": t, "layers": {i: t}, "heads": {i: [t_h, ...]}}``.
-        warmup_steps: the first denoising steps that run dense attention.
-        dense_layers: transformer block indices (0-based over double then single blocks) kept dense.
         keep_text: text (global) tokens: their keys are always kept and their queries attend densely.
         keep_diagonal: always keep the diagonal block of each query-block row.
+        max_density: optional cap in (0, 1] on the fraction of key blocks kept per query-block row.
         backend: "triton" (CUDA kernels), "reference" (plain PyTorch) or "auto" (triton on CUDA).
         allow_fallback: with backend="triton", run the reference (logged once) instead of failing when the
             Triton path cannot run.
-        mask_reuse_steps: reuse a layer's block mask for this many consecutive sparse steps (1 = re-estimate
-            every step).
-        max_density: optional cap in (0, 1] on the fraction of key blocks kept per query-block row.
-        min_seq_len: sequences shorter than this run dense (estimating them costs more than it saves).
+
+    Example::
+
+        op = OpConfig(block_size=64, stride=8, threshold=0.9)
     """
 
     block_size: int = 128
     stride: int = 16
     threshold: Threshold = 0.9
-    warmup_steps: int = 5
-    dense_layers: tuple[int, ...] = ()
     keep_text: bool = True
     keep_diagonal: bool = True
+    max_density: float | None = None
     backend: str = "auto"
     allow_fallback: bool = False
-    mask_reuse_steps: int = 1
-    max_density: float | None = None
-    min_seq_len: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("block_size", "stride", "warmup_steps", "mask_reuse_steps", "min_seq_len"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ValueError(f"{name}={v!r} must be an integer")
+        _check_int(self, ("block_size", "stride"))
         if not 4 <= self.block_size <= 512:
             raise ValueError(f"block_size={self.block_size} is out of range: accepted 4..512")
         if self.stride < 1 or self.block_size % self.stride:
             raise ValueError(
                 f"stride={self.stride} must be >= 1 and divide block_size={self.block_size} (e.g. 8 or 16 for 128)"
             )
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps={self.warmup_steps} must be >= 0")
-        if self.mask_reuse_steps < 1:
-            raise ValueError(f"mask_reuse_steps={self.mask_reuse_steps} must be >= 1")
-        if self.min_seq_len < 0:
-            raise ValueError(f"min_seq_len={self.min_seq_len} must be >= 0")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend={self.backend!r} is not one of {BACKENDS}")
         if self.max_density is not None:
-            if not isinstance(self.max_density, (int, float)) or not 0.0 < float(self.max_density) <= 1.0:
+            if isinstance(self.max_density, bool) or not isinstance(self.max_density, (int, float)) \
+                    or not 0.0 < float(self.max_density) <= 1.0:
                 raise ValueError(f"max_density={self.max_density!r} is out of range: accepted (0, 1] or None")
             object.__setattr__(self, "max_density", float(self.max_density))
-        layers = tuple(self.dense_layers)
-        if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers):
-            raise ValueError(f"dense_layers={self.dense_layers!r} must be non-negative block indices")
-        object.__setattr__(self, "dense_layers", layers)
         object.__setattr__(self, "threshold", _normalise_threshold(self.threshold))
 
-    # -- thresholds ---------------------------------------------------------------------------------------
     def threshold_for(self, layer: int | None, num_heads: int) -> float | list[float]:
         """The threshold(s) of one layer: a float, or one float per head."""
         t = self.threshold
@@ -111,18 +112,22 @@ class XAttentionConfig:
             return t["layers"][layer]
         return t["default"]
 
-    def is_dense_everywhere(self) -> bool:
-        """True when the config keeps every block (tau = 1 everywhere and no density cap)."""
+    def is_exact(self, layer: int | None = None, num_heads: int = 1) -> bool:
+        """True when the op would keep every block: no density cap and tau = 1 (for ``layer``, or for every
+        layer and head when ``layer`` is None)."""
+        if self.max_density is not None:
+            return False
+        if layer is not None:
+            tau = self.threshold_for(layer, num_heads)
+            return all(v >= 1.0 for v in (tau if isinstance(tau, list) else [tau]))
         t = self.threshold
         values = [t] if not isinstance(t, Mapping) else (
             [t["default"], *t["layers"].values(), *(x for h in t["heads"].values() for x in h)]
         )
-        return self.max_density is None and all(v >= 1.0 for v in values)
+        return all(v >= 1.0 for v in values)
 
-    # -- YAML ---------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["dense_layers"] = list(self.dense_layers)
         if isinstance(self.threshold, Mapping):
             d["threshold"] = {
                 "default": self.threshold["default"],
@@ -131,13 +136,154 @@ class XAttentionConfig:
             }
         return d
 
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """What the runtime decides per call across a generation (see ``xattn_video.runtime``).
+
+    Attributes:
+        warmup_steps: the first denoising steps that run dense attention.
+        dense_layers: transformer block indices (0-based over double then single blocks) kept dense.
+        mask_reuse_steps: reuse a layer's block mask for this many consecutive sparse steps (1 = estimate
+            every step).
+        min_seq_len: sequences shorter than this (and any below two blocks) run dense.
+        unknown_step: when the host cannot say which denoising step a call belongs to and ``warmup_steps``
+            > 0: ``"dense"`` (default: the warmup cannot be honoured, so stay exact), ``"sparse"`` (ignore the
+            warmup) or ``"error"``. Logged once either way.
+        fallback: a call XAttention cannot take (an attention mask that is not a key-padding mask):
+            ``"dense"`` runs the host's own attention (logged once), ``"error"`` raises.
+
+    Example::
+
+        schedule = ScheduleConfig(warmup_steps=5, mask_reuse_steps=2)
+    """
+
+    warmup_steps: int = 5
+    dense_layers: tuple[int, ...] = ()
+    mask_reuse_steps: int = 1
+    min_seq_len: int = 0
+    unknown_step: str = "dense"
+    fallback: str = "dense"
+
+    def __post_init__(self) -> None:
+        _check_int(self, ("warmup_steps", "mask_reuse_steps", "min_seq_len"))
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps={self.warmup_steps} must be >= 0")
+        if self.mask_reuse_steps < 1:
+            raise ValueError(f"mask_reuse_steps={self.mask_reuse_steps} must be >= 1")
+        if self.min_seq_len < 0:
+            raise ValueError(f"min_seq_len={self.min_seq_len} must be >= 0")
+        if self.unknown_step not in UNKNOWN_STEP_POLICIES:
+            raise ValueError(f"unknown_step={self.unknown_step!r} is not one of {UNKNOWN_STEP_POLICIES}")
+        if self.fallback not in FALLBACK_POLICIES:
+            raise ValueError(f"fallback={self.fallback!r} is not one of {FALLBACK_POLICIES}")
+        if isinstance(self.dense_layers, (str, bytes)) or not isinstance(self.dense_layers, Sequence):
+            raise ValueError(f"dense_layers={self.dense_layers!r} must be a list of non-negative block indices")
+        layers = tuple(self.dense_layers)
+        if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers):
+            raise ValueError(f"dense_layers={self.dense_layers!r} must be non-negative block indices")
+        object.__setattr__(self, "dense_layers", layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["dense_layers"] = list(self.dense_layers)
+        return d
+
+
+OP_FIELDS = tuple(f.name for f in dataclasses.fields(OpConfig))
+SCHEDULE_FIELDS = tuple(f.name for f in dataclasses.fields(ScheduleConfig))
+
+
+@dataclass(frozen=True, init=False)
+class XAttentionConfig:
+    """An ``OpConfig`` and a ``ScheduleConfig``; built from either or from flat field names.
+
+    ``XAttentionConfig(threshold=0.9, warmup_steps=5)`` equals
+    ``XAttentionConfig(op=OpConfig(threshold=0.9), schedule=ScheduleConfig(warmup_steps=5))``. Every field
+    of both parts reads as an attribute (``cfg.threshold``, ``cfg.warmup_steps``); ``replace`` takes them too.
+
+    Example::
+
+        cfg = XAttentionConfig(threshold=0.9, warmup_steps=5, mask_reuse_steps=2)
+        xattention(q, k, v, cfg.op)                           # the op sees only its part
+    """
+
+    op: OpConfig
+    schedule: ScheduleConfig
+
+    def __init__(self, op: OpConfig | None = None, schedule: ScheduleConfig | None = None, **fields: Any) -> None:
+        unknown = sorted(set(fields) - set(OP_FIELDS) - set(SCHEDULE_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown XAttention config field(s) {unknown}; accepted: op fields "
+                             f"{list(OP_FIELDS)}, schedule fields {list(SCHEDULE_FIELDS)}")
+        if op is not None and not isinstance(op, OpConfig):
+            raise TypeError(f"op must be an OpConfig, got {type(op).__name__}")
+        if schedule is not None and not isinstance(schedule, ScheduleConfig):
+            raise TypeError(f"schedule must be a ScheduleConfig, got {type(schedule).__name__}")
+        op_changes = {k: v for k, v in fields.items() if k in OP_FIELDS}
+        schedule_changes = {k: v for k, v in fields.items() if k in SCHEDULE_FIELDS}
+        # a part without changes is kept as is (the same object)
+        op = OpConfig(**op_changes) if op is None else dataclasses.replace(op, **op_changes) if op_changes else op
+        schedule = (ScheduleConfig(**schedule_changes) if schedule is None
+                    else dataclasses.replace(schedule, **schedule_changes) if schedule_changes else schedule)
+        object.__setattr__(self, "op", op)
+        object.__setattr__(self, "schedule", schedule)
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached when normal lookup fails: the flat field names of both parts
+        if name in OP_FIELDS:
+            return getattr(self.op, name)
+        if name in SCHEDULE_FIELDS:
+            return getattr(self.schedule, name)
+        raise AttributeError(f"'XAttentionConfig' object has no attribute {name!r}")
+
+    def __repr__(self) -> str:
+        return f"XAttentionConfig(op={self.op!r}, schedule={self.schedule!r})"
+
+    def threshold_for(self, layer: int | None, num_heads: int) -> float | list[float]:
+        """The threshold(s) of one layer (see ``OpConfig.threshold_for``)."""
+        return self.op.threshold_for(layer, num_heads)
+
+    def is_dense_everywhere(self) -> bool:
+        """True when the op keeps every block in every layer (tau = 1 everywhere and no density cap)."""
+        return self.op.is_exact()
+
+    def replace(self, **changes: Any) -> "XAttentionConfig":
+        """A copy with some fields changed: flat names, or ``op=`` / ``schedule=``."""
+        return XAttentionConfig(op=changes.pop("op", self.op), schedule=changes.pop("schedule", self.schedule),
+                                **changes)
+
+    # -- YAML ---------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """``{"op": {...}, "schedule": {...}}`` (the form ``save`` writes and reports store)."""
+        return {"op": self.op.to_dict(), "schedule": self.schedule.to_dict()}
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "XAttentionConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        """From ``{"op": {...}, "schedule": {...}}``, or the flat keys of earlier versions, or a mix."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"an XAttention config must be a mapping, got {type(data).__name__}")
+        flat: dict[str, Any] = {}
+        for section, names in (("op", OP_FIELDS), ("schedule", SCHEDULE_FIELDS)):
+            part = data.get(section) or {}
+            if not isinstance(part, Mapping):
+                raise ValueError(f"config section {section!r} must be a mapping, got {type(part).__name__}")
+            wrong = sorted(set(part) - set(names))
+            if wrong:
+                raise ValueError(f"unknown key(s) {wrong} in config section {section!r}; accepted: {list(names)}")
+            flat.update(part)
+        rest = {k: v for k, v in data.items() if k not in ("op", "schedule")}
+        unknown = sorted(set(rest) - set(OP_FIELDS) - set(SCHEDULE_FIELDS))
         if unknown:
-            raise ValueError(f"unknown XAttention config key(s) {unknown}; accepted: {sorted(known)}")
-        return cls(**dict(data))
+            raise ValueError(
+                f"unknown XAttention config key(s) {unknown}; accepted: op: {list(OP_FIELDS)}, schedule: "
+                f"{list(SCHEDULE_FIELDS)} (as `op:` / `schedule:` sections, or flat as in earlier versions)"
+            )
+        twice = sorted(set(rest) & set(flat))
+        if twice:
+            raise ValueError(f"config key(s) {twice} given both flat and inside a section; keep one")
+        flat.update(rest)
+        return cls(**flat)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -152,11 +298,11 @@ class XAttentionConfig:
         if not isinstance(data, Mapping):
             raise ValueError(f"config file {str(p)!r} must hold a mapping, got {type(data).__name__}")
         if "xattention" in data:
-            data = data["xattention"]
-        return cls.from_dict(data)
-
-    def replace(self, **changes: Any) -> "XAttentionConfig":
-        return dataclasses.replace(self, **changes)
+            data = data["xattention"] or {}
+        try:
+            return cls.from_dict(data)
+        except ValueError as e:
+            raise ValueError(f"config file {str(p)!r}: {e}") from None
 
 
 def _normalise_threshold(t: Any) -> Threshold:

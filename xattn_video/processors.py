@@ -1,15 +1,22 @@
-"""diffusers attention processors that run HunyuanVideo's joint video+text attention through XAttention.
+"""diffusers host adapter: attention processors that hand HunyuanVideo's joint video+text attention to the runtime.
+
+The processor does what diffusers' ``HunyuanVideoAttnProcessor2_0`` does around the attention (projections,
+QK norms, RoPE on the video tokens, text after video) and supplies the runtime the layer index and the
+tensors in ``[B, H, N, D]``; the runtime decides dense or sparse (``xattn_video.runtime``). Steps come from
+the ``"xattn_video"`` hook (``xattn_video.hooks``).
 
 Two ways in::
 
     from xattn_video import XAttentionConfig, apply_xattention, remove_xattention
-    state = apply_xattention(pipe, XAttentionConfig(threshold=0.9, warmup_steps=5))   # processors + step hook
+    runtime = apply_xattention(pipe, XAttentionConfig(threshold=0.9, warmup_steps=5))  # processors + hook
     frames = pipe(prompt="a red fox in the snow", num_inference_steps=50).frames[0]
-    print(state.density_table())
-    remove_xattention(pipe)                                                             # stock processors back
+    print(runtime.density_table())
+    remove_xattention(pipe)                                                              # stock processors back
 
-    # or by hand (warmup counted only if a step tracker is attached, see schedule.attach_step_tracker):
-    pipe.transformer.set_attn_processor(xattention_processors(pipe.transformer, config))
+    # or by hand:
+    runtime = XAttentionRuntime(config)
+    pipe.transformer.set_attn_processor(xattention_processors(pipe.transformer, config, runtime))
+    attach_step_hook(pipe.transformer, runtime)           # without it the step is unknown (see unknown_step)
 """
 
 from __future__ import annotations
@@ -18,32 +25,44 @@ from typing import Any
 
 import torch
 
-from .attention import log_once, dense_attention, xattention
 from .config import XAttentionConfig
-from .schedule import XAttentionState, attach_step_tracker
-
-_STATE_ATTR = "_xattn_state"
-_ORIGINAL_ATTR = "_xattn_original_processors"
-_HOOK_ATTR = "_xattn_step_hook"
+from .runtime import MaskSource, XAttentionRuntime
 
 
 class XAttentionProcessor:
     """Drop-in for diffusers' ``HunyuanVideoAttnProcessor2_0`` (double- and single-stream blocks).
 
     Same projections, QK norms and RoPE (video tokens only); text tokens follow the video tokens; the
-    key-padding mask diffusers passes becomes per-sample valid lengths. Dense layers and warmup steps run
-    exact attention without the padding mask's cost (padded keys are sliced off); the others run
-    ``xattention`` with the text tokens global (``keep_text``). Called on another kind of attention (the
-    token refiner), it defers to diffusers' standard processor.
+    attention itself goes to ``runtime.attend`` with the key-padding mask diffusers passes. Called on another
+    kind of attention (the token refiner), it defers to diffusers' standard processor.
+
+    Args:
+        config: the XAttention settings (ignored when ``runtime`` is given: the runtime's are used).
+        runtime: shared by all layers of one model; a new one when None.
+        layer: this block's index (double blocks first, then single); None: numbered in first-call order.
+        name: the layer's name for reports.
+        mask_source: for a new runtime, see ``XAttentionRuntime``.
+
+    Example::
+
+        proc = XAttentionProcessor(XAttentionConfig(threshold=0.9, warmup_steps=0))
+        transformer.set_attn_processor(proc)
     """
 
-    def __init__(self, config: XAttentionConfig, state: XAttentionState | None = None, layer: int | None = None,
-                 name: str | None = None) -> None:
-        self.config = config
-        self.state = state if state is not None else XAttentionState(config)
+    def __init__(self, config: XAttentionConfig | None = None, runtime: XAttentionRuntime | None = None,
+                 layer: int | None = None, name: str | None = None, *, mask_source: MaskSource | None = None) -> None:
+        if runtime is not None and mask_source is not None:
+            raise ValueError("give mask_source to the runtime (XAttentionRuntime(config, mask_source=...)), "
+                             "not to a processor that shares one")
+        self.runtime = runtime if runtime is not None else XAttentionRuntime(config, mask_source=mask_source)
         self.layer = layer
         self.name = name
+        self._order: dict[int, int] = {}
         self._fallback: Any = None
+
+    @property
+    def config(self) -> XAttentionConfig:
+        return self.runtime.config
 
     def __call__(
         self,
@@ -56,7 +75,7 @@ class XAttentionProcessor:
     ) -> Any:
         if image_rotary_emb is None and encoder_hidden_states is None:
             return self._standard(attn, hidden_states, attention_mask=attention_mask, **kwargs)
-        layer = self.layer if self.layer is not None else self.state.layer_index(attn, self.name)
+        layer = self._layer_of(attn)
         joint = attn.add_q_proj is None and encoder_hidden_states is not None  # single-stream block
         n_text = encoder_hidden_states.shape[1] if encoder_hidden_states is not None else 0
         if joint:
@@ -83,7 +102,8 @@ class XAttentionProcessor:
             query, key, value = (torch.cat(p, dim=1) for p in ((query, eq), (key, ek), (value, ev)))
 
         q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [B, H, N, D]
-        out = self._attend(q, k, v, attention_mask, layer, global_start=n_video if n_text else None)
+        out = self.runtime.attend(q, k, v, layer=layer, mask=attention_mask,
+                                  global_start=n_video if n_text else None)
         out = out.transpose(1, 2).flatten(2, 3).to(query.dtype)
 
         if encoder_hidden_states is None:
@@ -95,22 +115,13 @@ class XAttentionProcessor:
             encoder_out = attn.to_add_out(encoder_out)
         return out, encoder_out
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention_mask: torch.Tensor | None,
-                layer: int, global_start: int | None) -> torch.Tensor:
-        kv_len = _kv_len_from_mask(attention_mask, q.shape[0], k.shape[2], q.device)
-        if kv_len is None:  # not a key-padding mask: only exact attention with that mask is right
-            log_once("xattn_video: attention mask is not a key-padding mask; running dense attention with it")
-            self.state.record(layer, 1.0)
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask)
-        if self.state.is_dense(layer) or q.shape[2] < max(self.config.min_seq_len, 2 * self.config.block_size):
-            self.state.record(layer, 1.0)
-            return dense_attention(q, k, v, kv_len)
-        cached = self.state.cached_mask(layer, kv_len)
-        out, mask = xattention(q, k, v, self.config, kv_len, layer=layer, global_start=global_start, mask=cached)
-        if cached is None:
-            self.state.store_mask(layer, kv_len, mask)
-        self.state.record(layer, mask.density(), mask.density_per_head().mean(0).tolist())
-        return out
+    def _layer_of(self, attn: Any) -> int:
+        if self.layer is not None:
+            return self.layer
+        index = self._order.setdefault(id(attn), len(self._order))  # one shared instance: first-call order
+        if self.name is not None:
+            self.runtime.layer_names.setdefault(index, self.name)
+        return index
 
     def _standard(self, attn: Any, hidden_states: torch.Tensor, **kwargs: Any) -> Any:
         if self._fallback is None:
@@ -131,20 +142,6 @@ def _rope_video(x: torch.Tensor, n_video: int, rope: Any, apply_rotary_emb: Any)
     return torch.cat([apply_rotary_emb(x[:, :n_video], rope, sequence_dim=1), x[:, n_video:]], dim=1)
 
 
-def _kv_len_from_mask(mask: torch.Tensor | None, batch: int, n: int, device: torch.device) -> torch.Tensor | None:
-    """Valid key lengths from a ``[B, 1, 1, N]`` key-padding mask, or None if the mask is not one."""
-    if mask is None:
-        return torch.full((batch,), n, dtype=torch.long, device=device)
-    if mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1:3] != (1, 1) or mask.shape[-1] != n:
-        return None
-    keys = mask[:, 0, 0, :]
-    kv_len = keys.sum(-1)
-    prefix = torch.arange(n, device=mask.device)[None, :] < kv_len[:, None]
-    if keys.shape[0] not in (1, batch) or not torch.equal(prefix, keys) or int(kv_len.min()) < 1:
-        return None
-    return kv_len.expand(batch).to(torch.long)
-
-
 # -- applying to a model ---------------------------------------------------------------------------------
 
 def _transformer_of(pipe_or_transformer: Any) -> torch.nn.Module:
@@ -158,54 +155,72 @@ def _transformer_of(pipe_or_transformer: Any) -> torch.nn.Module:
     return model
 
 
-def xattention_processors(
-    transformer: torch.nn.Module, config: XAttentionConfig, state: XAttentionState | None = None
-) -> dict[str, Any]:
-    """A full processor dict for ``transformer.set_attn_processor``: XAttention in the double- and
-    single-stream blocks (numbered 0.. in that order), the current processors elsewhere (token refiner)."""
+def block_attention_names(transformer: torch.nn.Module) -> list[str]:
+    """Names of the joint-attention modules, in layer order: double-stream blocks, then single-stream."""
     model = _transformer_of(transformer)
-    state = state if state is not None else XAttentionState(config)
-    processors = dict(model.attn_processors)
-    names = [f"transformer_blocks.{i}.attn" for i in range(len(model.transformer_blocks))] + [
+    return [f"transformer_blocks.{i}.attn" for i in range(len(model.transformer_blocks))] + [
         f"single_transformer_blocks.{i}.attn" for i in range(len(model.single_transformer_blocks))
     ]
-    blocks = [*model.transformer_blocks, *model.single_transformer_blocks]
-    for index, (name, block) in enumerate(zip(names, blocks)):
-        state.register_layer(block.attn, index, name)
-        processors[f"{name}.processor"] = XAttentionProcessor(config, state, layer=index, name=name)
+
+
+def xattention_processors(
+    transformer: torch.nn.Module, config: XAttentionConfig | None = None, runtime: XAttentionRuntime | None = None,
+    *, mask_source: MaskSource | None = None,
+) -> dict[str, Any]:
+    """A full processor dict for ``transformer.set_attn_processor``: XAttention in the double- and
+    single-stream blocks (layers 0.. in that order), the current processors elsewhere (token refiner)."""
+    model = _transformer_of(transformer)
+    if runtime is None:
+        runtime = XAttentionRuntime(config, mask_source=mask_source)
+    elif mask_source is not None:
+        raise ValueError("give mask_source to the runtime when passing one (XAttentionRuntime(config, mask_source=...))")
+    processors = dict(model.attn_processors)
+    for index, name in enumerate(block_attention_names(model)):
+        runtime.register_layer(index, name)
+        processors[f"{name}.processor"] = XAttentionProcessor(runtime=runtime, layer=index, name=name)
     return processors
 
 
-def apply_xattention(pipe_or_transformer: Any, config: XAttentionConfig | None = None) -> XAttentionState:
-    """Put XAttention into a HunyuanVideo pipeline or transformer; returns the shared state (step, densities).
+def apply_xattention(pipe_or_transformer: Any, config: XAttentionConfig | None = None, *,
+                     mask_source: MaskSource | None = None) -> XAttentionRuntime:
+    """Put XAttention into a HunyuanVideo pipeline or transformer; returns its runtime (step, run record).
 
-    Installs one processor per double/single-stream block and a step tracker (dense for the first
-    ``config.warmup_steps`` steps). Applying again replaces the earlier config. Undo with ``remove_xattention``.
+    Registers the ``"xattn_video"`` hook in the transformer's diffusers ``HookRegistry``: it installs one
+    processor per double/single-stream block and tells the runtime the denoising step of every forward
+    (dense for the first ``warmup_steps``). Applying again replaces the earlier config. Undo with
+    ``remove_xattention``; ``reset_stateful_hooks()`` resets the runtime.
+
+    Args:
+        config: the settings (default ``XAttentionConfig()``).
+        mask_source: optional ``MaskRequest -> BlockSparseMask`` used instead of the antidiagonal estimate on
+            the calls the plan makes sparse (see ``XAttentionRuntime``).
 
     Example::
 
-        state = apply_xattention(pipe, XAttentionConfig(threshold=0.95, warmup_steps=5))
+        runtime = apply_xattention(pipe, XAttentionConfig(threshold=0.95, warmup_steps=5))
+        runtime.record.mean_density_after_warmup()
     """
-    config = config or XAttentionConfig()
+    from .hooks import XAttentionHook, register_xattention_hook
+
     model = _transformer_of(pipe_or_transformer)
-    if getattr(model, _STATE_ATTR, None) is not None:
-        remove_xattention(model)
-    state = XAttentionState(config)
-    setattr(model, _ORIGINAL_ATTR, dict(model.attn_processors))
-    model.set_attn_processor(xattention_processors(model, config, state))
-    setattr(model, _HOOK_ATTR, attach_step_tracker(model, state))
-    setattr(model, _STATE_ATTR, state)
-    return state
+    runtime = XAttentionRuntime(config, mask_source=mask_source)
+    register_xattention_hook(model, XAttentionHook(runtime, xattention_processors(model, runtime=runtime)))
+    return runtime
 
 
 def remove_xattention(pipe_or_transformer: Any) -> None:
-    """Restore the processors that were there before ``apply_xattention`` and drop the step tracker."""
-    model = _transformer_of(pipe_or_transformer)
-    original = getattr(model, _ORIGINAL_ATTR, None)
-    if original is None:
-        return
-    model.set_attn_processor(dict(original))
-    getattr(model, _HOOK_ATTR).remove()
-    for attr in (_ORIGINAL_ATTR, _HOOK_ATTR, _STATE_ATTR):
-        delattr(model, attr)
+    """Remove the ``"xattn_video"`` hook: the processors that were there before come back."""
+    from .hooks import HOOK_NAME, registry_of
 
+    model = _transformer_of(pipe_or_transformer)
+    registry = registry_of(model)
+    if registry.get_hook(HOOK_NAME) is not None:
+        registry.remove_hook(HOOK_NAME, recurse=False)
+
+
+def runtime_of(pipe_or_transformer: Any) -> XAttentionRuntime | None:
+    """The runtime ``apply_xattention`` put into this pipeline or transformer, or None."""
+    from .hooks import xattention_hook
+
+    hook = xattention_hook(_transformer_of(pipe_or_transformer))
+    return hook.runtime if hook is not None else None

@@ -75,6 +75,11 @@ _DENSE_LAYERS_INPUT = ("STRING", {
     "default": "",
     "tooltip": "Block indices kept dense (0-based over the double, then the single blocks), e.g. '0, 1, 38-39'.",
 })
+_MASK_REUSE_INPUT = ("INT", {
+    "default": 1, "min": 1, "max": 50,
+    "tooltip": "Reuse each layer's block mask for this many sparse steps (1 = estimate every step). Masks are "
+               "kept bit-packed and freed after their last use.",
+})
 
 
 def make_config(threshold: float, stride: int, block_size: int, warmup_steps: int, max_density: float,
@@ -126,7 +131,7 @@ class XAttentionHunyuanVideo:
     """Patch ComfyUI's native HunyuanVideo MODEL so its joint self-attention runs XAttention.
 
     Returns a clone; the input MODEL is untouched. The token refiner and short sequences keep ComfyUI's
-    attention. The clone carries ``xattention_state`` (per-step densities) for inspection.
+    attention. The clone carries ``xattention_runtime`` (its run record: per-call densities and decisions).
     """
 
     DESCRIPTION = ("Block-sparse XAttention for ComfyUI's native HunyuanVideo model: video+text joint attention "
@@ -138,7 +143,7 @@ class XAttentionHunyuanVideo:
         return {"required": {
             "model": ("MODEL", {"tooltip": "A HunyuanVideo model (e.g. from Load Diffusion Model)."}),
             **_config_inputs(),
-        }, "optional": {"dense_layers": _DENSE_LAYERS_INPUT}}
+        }, "optional": {"dense_layers": _DENSE_LAYERS_INPUT, "mask_reuse_steps": _MASK_REUSE_INPUT}}
 
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
@@ -147,11 +152,11 @@ class XAttentionHunyuanVideo:
     CATEGORY = CATEGORY
 
     def patch(self, model: Any, threshold: float, stride: int, block_size: int, warmup_steps: int,
-              max_density: float, keep_text: bool, dense_layers: str = "") -> tuple[Any]:
+              max_density: float, keep_text: bool, dense_layers: str = "", mask_reuse_steps: int = 1) -> tuple[Any]:
         from .native import patch_model
 
         config = make_config(threshold, stride, block_size, warmup_steps, max_density, keep_text,
-                             dense_layers=parse_dense_layers(dense_layers))
+                             dense_layers=parse_dense_layers(dense_layers), mask_reuse_steps=int(mask_reuse_steps))
         patched, _ = patch_model(model, config)
         return (patched,)
 
@@ -255,6 +260,7 @@ class XAttentionConfigNode:
             "required": _config_inputs(),
             "optional": {
                 "dense_layers": _DENSE_LAYERS_INPUT,
+                "mask_reuse_steps": _MASK_REUSE_INPUT,
                 "backend": (list(BACKENDS), {"default": "auto", "tooltip": "auto = Triton kernels on CUDA, the "
                                                                           "PyTorch reference elsewhere."}),
             },
@@ -266,9 +272,11 @@ class XAttentionConfigNode:
     CATEGORY = CATEGORY
 
     def build(self, threshold: float, stride: int, block_size: int, warmup_steps: int, max_density: float,
-              keep_text: bool, dense_layers: str = "", backend: str = "auto") -> tuple[XAttentionConfig]:
+              keep_text: bool, dense_layers: str = "", backend: str = "auto",
+              mask_reuse_steps: int = 1) -> tuple[XAttentionConfig]:
         return (make_config(threshold, stride, block_size, warmup_steps, max_density, keep_text,
-                            dense_layers=parse_dense_layers(dense_layers), backend=backend),)
+                            dense_layers=parse_dense_layers(dense_layers), backend=backend,
+                            mask_reuse_steps=int(mask_reuse_steps)),)
 
 
 class XAttentionApply:

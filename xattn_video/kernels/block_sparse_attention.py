@@ -177,7 +177,7 @@ def _tile_for(block_size: int) -> int:
 
 
 def block_sparse_attention_triton(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockSparseMask, scale: float | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockSparseMask, scale: float | None = None, *,
     launch: dict | None = None,
 ) -> torch.Tensor:
     """Attention of each query block over its kept key blocks (keys past ``mask.kv_len`` excluded).

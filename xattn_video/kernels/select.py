@@ -1,6 +1,7 @@
 """Block selection in one Triton kernel: one program per (batch, head, query block) row.
 
-Same function as ``estimate.select_blocks`` (its plain-PyTorch twin, which the tests compare against):
+Same function and signature as ``reference.select_blocks_reference`` (its plain-PyTorch twin, which the tests
+compare against):
 normalise the row's scores over its valid key blocks, sort them (descending, ties to the lower index), keep the
 shortest prefix whose mass reaches tau, add the forced blocks (diagonal, global keys), cap at the
 ``max_density`` budget (forced first), make global query rows dense, and write the kept indices ascending.
@@ -9,10 +10,12 @@ them); here the row sits in registers and is sorted once.
 
 Example::
 
-    mask = select_blocks_triton(scores, torch.tensor([0.9]), kv_len, block_size=128, q_len=n)
+    mask = select_blocks_triton(scores, 0.9, block_size=128, q_len=n, kv_len=kv_len)
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import triton
@@ -78,20 +81,23 @@ def _select_row(S, TAU, KVLEN, IDX, CNT,
 
 def select_blocks_triton(
     scores: torch.Tensor,
-    tau: torch.Tensor,
-    kv_len: torch.Tensor,
+    threshold: float | Sequence[float] | torch.Tensor,
     *,
     block_size: int,
     q_len: int,
+    kv_len: torch.Tensor | None = None,
     keep_diagonal: bool = True,
     max_density: float | None = None,
     global_start: int | None = None,
 ) -> BlockSparseMask:
-    """``estimate.select_blocks`` in one kernel. ``tau``: 1 value or one per head (float32 tensor)."""
+    """``reference.select_blocks_reference`` in one kernel (same signature). ``threshold``: 1 value or one per
+    head."""
     b, h, qb, kb = scores.shape
-    tau = tau.to(device=scores.device, dtype=torch.float32).reshape(-1).contiguous()
+    tau = torch.as_tensor(threshold, dtype=torch.float32).to(scores.device).reshape(-1).contiguous()
     if tau.numel() not in (1, h):
         raise ValueError(f"threshold has {tau.numel()} values; expected 1 or one per head ({h})")
+    if kv_len is None:
+        kv_len = torch.full((b,), kb * block_size, dtype=torch.int32, device=scores.device)
     kv_len = kv_len.to(device=scores.device, dtype=torch.int32).contiguous()
     idx = torch.empty(b, h, qb, kb, dtype=torch.int32, device=scores.device)
     cnt = torch.empty(b, h, qb, dtype=torch.int32, device=scores.device)

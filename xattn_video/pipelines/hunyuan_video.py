@@ -2,11 +2,10 @@
 
 Example::
 
-    from xattn_video import XAttentionConfig
+    from xattn_video.config import load_config
     from xattn_video.pipelines.hunyuan_video import compare, load_pipeline
     pipe = load_pipeline()                       # the embedded tiny model; or load_pipeline("/models/hunyuan")
-    result = compare(pipe, "a red fox in the snow", XAttentionConfig.load("configs/tiny_cpu.yaml"),
-                     out_dir="out/compare")
+    result = compare(pipe, "a red fox in the snow", load_config("tiny_cpu"), out_dir="out/compare")
     print(result.report["timing"]["speedup_end_to_end"], result.report["fidelity"]["psnr"]["mean"])
 """
 
@@ -22,7 +21,10 @@ import numpy as np
 import torch
 
 from ..config import XAttentionConfig
-from ..processors import _transformer_of, apply_xattention, remove_xattention
+from ..hooks import AttentionClock, register_xattention_hook, timing_hooks, xattention_hook
+from ..processors import _transformer_of, apply_xattention, block_attention_names, remove_xattention
+from ..report.schema import CompareReport, DensityReport, RunTiming, TimingComparison
+from ..runtime import RunRecord
 from .tiny import TINY_DEFAULTS, tiny_call_kwargs, tiny_pipeline
 
 REQUIRED_SUBFOLDERS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
@@ -90,54 +92,18 @@ class _Clock:
         return time.perf_counter()
 
 
-class _TimedProcessor:
-    """Wraps a block's attention processor and adds its wall time to the current step's total. The explicit
-    signature matters: diffusers' Attention passes only the keyword arguments a processor's signature names."""
-
-    def __init__(self, inner: Any, timer: "_RunTimer") -> None:
-        self.inner, self.timer = inner, timer
-
-    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, image_rotary_emb: Any = None) -> Any:
-        args = (attn, hidden_states)
-        kwargs = {"encoder_hidden_states": encoder_hidden_states, "attention_mask": attention_mask,
-                  "image_rotary_emb": image_rotary_emb}
-        if not self.timer.cuda:
-            t0 = time.perf_counter()
-            out = self.inner(*args, **kwargs)
-            self.timer.add_attention(time.perf_counter() - t0)
-            return out
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        out = self.inner(*args, **kwargs)
-        end.record()
-        self.timer.add_event_pair(start, end)
-        return out
-
-
 @dataclass
 class _RunTimer:
     """Per-step wall time (first transformer call of a step to the pipeline's step-end callback) and the time
-    inside the block attention processors (CUDA events on GPU, perf counters on CPU)."""
+    inside the block attention modules (``hooks.AttentionClock``)."""
 
     clock: _Clock
+    attention: AttentionClock
     first_start: float | None = None
     step_start: float | None = None
     step_s: list[float] = field(default_factory=list)
     attention_s: list[float] = field(default_factory=list)
-    _pending: list[tuple[Any, Any]] = field(default_factory=list)
-    _attn: float = 0.0
     denoise_end: float = 0.0
-
-    @property
-    def cuda(self) -> bool:
-        return self.clock.cuda
-
-    def add_attention(self, seconds: float) -> None:
-        self._attn += seconds
-
-    def add_event_pair(self, start: Any, end: Any) -> None:
-        self._pending.append((start, end))
 
     def on_transformer_call(self, *_: Any, **__: Any) -> None:
         if self.step_start is None:
@@ -148,9 +114,8 @@ class _RunTimer:
     def on_step_end(self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
         now = self.clock.now()
         self.step_s.append(now - (self.step_start if self.step_start is not None else now))
-        attn = self._attn + sum(s.elapsed_time(e) for s, e in self._pending) / 1000.0
-        self.attention_s.append(attn)
-        self._attn, self._pending, self.step_start = 0.0, [], None
+        self.attention_s.append(self.attention.take())
+        self.step_start = None
         self.denoise_end = now
         return callback_kwargs
 
@@ -166,27 +131,26 @@ class Generation:
     step_s: list[float]
     attention_s: list[float]
 
+    def run_timing(self) -> RunTiming:
+        return RunTiming(self.total_s, self.denoise_s, self.decode_s, list(self.step_s), list(self.attention_s))
+
     def timing(self) -> dict[str, Any]:
-        return {"total_s": self.total_s, "denoise_s": self.denoise_s, "decode_s": self.decode_s,
-                "step_s": self.step_s, "attention_s": self.attention_s}
-
-
-def _block_processor_names(model: Any) -> list[str]:
-    return [k for k in model.attn_processors if k.startswith(("transformer_blocks.", "single_transformer_blocks."))]
+        return self.run_timing().to_dict()
 
 
 def timed_generate(pipe: Any, prompt: str, *, num_frames: int, height: int, width: int,
                    num_inference_steps: int, seed: int = 0, guidance_scale: float = 6.0,
                    progress: bool = True) -> Generation:
-    """Generate one video and time each denoising step, the attention processors and the VAE decode."""
+    """Generate one video and time each denoising step, the block attention modules and the VAE decode.
+
+    The timers are diffusers hooks (``"xattn_video_timing"``) on the transformer and its block attention
+    modules, removed afterwards; the attention processors are not touched."""
     model = _transformer_of(pipe)
-    device = pipe._execution_device if hasattr(pipe, "_execution_device") else default_device()
-    timer = _RunTimer(_Clock(torch.device(device)))
-    current = dict(model.attn_processors)
-    blocks = set(_block_processor_names(model))
-    wrapped = {k: (_TimedProcessor(p, timer) if k in blocks else p) for k, p in current.items()}
-    model.set_attn_processor(wrapped)
-    hook = model.register_forward_pre_hook(timer.on_transformer_call)
+    device = torch.device(pipe._execution_device if hasattr(pipe, "_execution_device") else default_device())
+    clock = _Clock(device)
+    timer = _RunTimer(clock, AttentionClock(clock.cuda))
+    modules = [model.get_submodule(name) for name in block_attention_names(model)]
+    remove_timing = timing_hooks(model, modules, timer.on_transformer_call, timer.attention)
     pipe.set_progress_bar_config(disable=not progress)
     try:
         generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -196,16 +160,11 @@ def timed_generate(pipe: Any, prompt: str, *, num_frames: int, height: int, widt
                    output_type="np", callback_on_step_end=timer.on_step_end, **_call_kwargs(pipe))
         t1 = timer.clock.now()
     finally:
-        hook.remove()
-        _restore_processors(model, current)
+        remove_timing()
     video = np.asarray(out.frames[0], dtype=np.float32)
     denoise_start = timer.first_start if timer.first_start is not None else timer.denoise_end
     return Generation(video=video, total_s=t1 - t0, denoise_s=timer.denoise_end - denoise_start,
                       decode_s=t1 - timer.denoise_end, step_s=timer.step_s, attention_s=timer.attention_s)
-
-
-def _restore_processors(model: Any, processors: dict) -> None:
-    model.set_attn_processor(dict(processors))
 
 
 def generate(pipe: Any, prompt: str, *, num_frames: int, height: int, width: int, num_inference_steps: int,
@@ -219,10 +178,15 @@ def generate(pipe: Any, prompt: str, *, num_frames: int, height: int, width: int
 
 @dataclass
 class Comparison:
+    """The two videos, the report (``report``: ``CompareReport.to_dict()``, as written to ``report.json``;
+    ``typed``: the ``CompareReport``), the sparse run's ``RunRecord`` and the files written."""
+
     dense_video: np.ndarray
     sparse_video: np.ndarray
     report: dict[str, Any]
     files: dict[str, Path] = field(default_factory=dict)
+    typed: CompareReport | None = None
+    record: RunRecord | None = None
 
 
 def compare(pipe: Any, prompt: str, config: XAttentionConfig, *, num_frames: int | None = None,
@@ -231,75 +195,60 @@ def compare(pipe: Any, prompt: str, config: XAttentionConfig, *, num_frames: int
             vbench_weights: str | None = None, progress: bool = True, warm_up: bool = True) -> Comparison:
     """Generate ``prompt`` twice with the same seed, stock dense attention then XAttention, and report the
     speedup (per step and end to end, attention vs the rest), the densities used and the fidelity of the
-    sparse video to the dense one. With ``out_dir``: ``dense.mp4``, ``sparse.mp4`` and the report files.
-    ``warm_up`` first runs one untimed step of each (and one decode), so that one-off costs (kernel
-    compilation, allocator growth, library autotuning) fall on neither timed run. The pipeline's attention
-    processors are left as they were."""
+    sparse video to the dense one.
+
+    With ``out_dir``: ``dense.mp4`` and ``sparse.mp4`` (written as soon as both runs finished, before any
+    metric), then the report files. Needs the ``metrics`` extra; without it, a ``MissingExtraError`` says so
+    before any work. ``warm_up`` first runs one untimed step of each (and one decode), so that one-off costs
+    (kernel compilation, allocator growth, library autotuning) fall on neither timed run. An XAttention
+    already applied to the pipeline is taken out for the runs and put back afterwards."""
+    from ..extras import require
+
+    require("ssim", *(("plots",) if out_dir is not None else ()), what="compare")
     from ..metrics.fidelity import fidelity_report
     from ..metrics.vbench import vbench_dimensions
 
     sizes = {"num_frames": num_frames, "height": height, "width": width, "num_inference_steps": num_inference_steps}
     sizes = {k: (v if v is not None else TINY_DEFAULTS[k]) for k, v in sizes.items()}
     model = _transformer_of(pipe)
-    before = dict(model.attn_processors)
+    applied = xattention_hook(model)
     remove_xattention(model)
     try:
         if warm_up:
             _warm_up(pipe, prompt, config, seed, sizes)
         dense = timed_generate(pipe, prompt, seed=seed, progress=progress, **sizes)
-        state = apply_xattention(model, config)
+        runtime = apply_xattention(model, config)
         sparse = timed_generate(pipe, prompt, seed=seed, progress=progress, **sizes)
-        densities = state.density_table()
-        layer_names = [state.layer_names.get(i, str(i)) for i in range(len(state.layer_names))]
-        head_densities = {
-            s: {l: np.mean(v, axis=0).tolist() for l, v in layers.items()}
-            for s, layers in state.head_densities.items()
-        }
     finally:
         remove_xattention(model)
-        _restore_processors(model, before)
+        if applied is not None:
+            register_xattention_hook(model, applied)
 
-    steps = sizes["num_inference_steps"]
-    per_step_layer = [[densities.get(s, {}).get(l) for l in range(len(layer_names))] for s in range(steps)]
-    sparse_values = [d for s in range(config.warmup_steps, steps) for d in per_step_layer[s] if d is not None]
-    fidelity = fidelity_report(dense.video, sparse.video, lpips_weights=lpips_weights)
-    report: dict[str, Any] = {
-        "prompt": prompt,
-        "seed": seed,
-        "model": model_name(pipe),
-        "device": _device_name(pipe),
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        **sizes,
-        "warmup_steps": config.warmup_steps,
-        "config": config.to_dict(),
-        "timing": {
-            "dense": dense.timing(),
-            "sparse": sparse.timing(),
-            "speedup_end_to_end": dense.total_s / sparse.total_s,
-            "speedup_denoise": dense.denoise_s / sparse.denoise_s if sparse.denoise_s else None,
-            "speedup_per_step": [d / s if s else None for d, s in zip(dense.step_s, sparse.step_s)],
-            "warmup_step_indices": list(range(min(config.warmup_steps, steps))),
-        },
-        "density": {
-            "layers": layer_names,
-            "per_step_layer": per_step_layer,
-            "mean_sparse_steps": float(np.mean(sparse_values)) if sparse_values else None,
-            "per_head": {str(s): {str(l): v for l, v in layers.items()} for s, layers in head_densities.items()},
-        },
-        "fidelity": fidelity,
-        "vbench": {"dense": vbench_dimensions(dense.video, weights_dir=vbench_weights),
-                   "sparse": vbench_dimensions(sparse.video, weights_dir=vbench_weights)},
-        "identical": bool(np.array_equal(dense.video, sparse.video)),
-    }
-    result = Comparison(dense.video, sparse.video, report)
-    if out_dir is not None:
+    files: dict[str, Path] = {}
+    if out_dir is not None:  # the finished videos first: a failing metric loses no generation
         from ..video_io import write_mp4
-        from .report import write_report
 
         out = Path(out_dir)
-        result.files = {"dense_mp4": write_mp4(dense.video, out / "dense.mp4"),
-                        "sparse_mp4": write_mp4(sparse.video, out / "sparse.mp4")}
-        result.files.update(write_report(out, report, dense.video, sparse.video))
+        files = {"dense_mp4": write_mp4(dense.video, out / "dense.mp4"),
+                 "sparse_mp4": write_mp4(sparse.video, out / "sparse.mp4")}
+
+    steps = sizes["num_inference_steps"]
+    report = CompareReport(
+        prompt=prompt, seed=seed, model=model_name(pipe), device=_device_name(pipe),
+        dtype=str(next(model.parameters()).dtype).replace("torch.", ""), **sizes,
+        warmup_steps=config.warmup_steps, config=config.to_dict(),
+        timing=TimingComparison.of(dense.run_timing(), sparse.run_timing(), config.warmup_steps),
+        density=DensityReport.from_record(runtime.record, steps),
+        fidelity=fidelity_report(dense.video, sparse.video, lpips_weights=lpips_weights),
+        vbench={"dense": vbench_dimensions(dense.video, weights_dir=vbench_weights),
+                "sparse": vbench_dimensions(sparse.video, weights_dir=vbench_weights)},
+        identical=bool(np.array_equal(dense.video, sparse.video)),
+    )
+    result = Comparison(dense.video, sparse.video, report.to_dict(), files, typed=report, record=runtime.record)
+    if out_dir is not None:
+        from ..report.writer import write_report
+
+        result.files.update(write_report(out_dir, report, dense.video, sparse.video))
     return result
 
 
