@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from xattn_video import BlockSparseMask, XAttentionConfig, xattention
-from xattn_video.attention import dense_attention
+from xattn_video.attention import dense_attention, log_once
 from xattn_video.config import ceil_div
 from xattn_video.kernels.reference import block_sparse_attention_reference
 
@@ -135,9 +135,15 @@ def test_bad_kv_len_and_config():
 def test_triton_request_falls_back_only_when_allowed(caplog):
     q, k, v = _qkv(1, 1, 40, 16, seed=0)
     cfg = XAttentionConfig(block_size=16, stride=4, backend="triton", allow_fallback=True, threshold=1.0)
+    log_once.cache_clear()  # an earlier test may have logged the same fallback already
     with caplog.at_level("WARNING", logger="xattn_video"):
         out, _ = xattention(q, k, v, cfg)
+        xattention(q, k, v, cfg)
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), rtol=1e-5, atol=1e-5)
+    # the fallback is said once, with its reason, not on every call
+    warnings = [r.getMessage() for r in caplog.records if r.name == "xattn_video"]
+    assert len(warnings) == 1
+    assert "backend='triton' cannot run (inputs are on cpu" in warnings[0] and "PyTorch reference" in warnings[0]
 
 
 @pytest.mark.parametrize("kv_len", [[50, 50], [50, 33], [41, 41]])

@@ -19,6 +19,7 @@ from comfy.ldm.flux import math as flux_math  # noqa: E402
 
 from xattn_video.comfyui.native import STATE_ATTR, XAttentionPatch, patch_model, step_index  # noqa: E402
 from xattn_video.comfyui.nodes import NODE_CLASS_MAPPINGS, XAttentionHunyuanVideo  # noqa: E402
+from xattn_video.log import log_once  # noqa: E402
 from xattn_video.config import XAttentionConfig  # noqa: E402
 from xattn_video.runtime import key_padding_lengths  # noqa: E402
 
@@ -174,11 +175,16 @@ def test_other_mask_shapes_fall_back_to_comfy(caplog):
     full = torch.zeros(1, 1, 106, 106)
     full[..., :50, 100:] = -1e9  # query-dependent: not a key-padding mask
     ref = flux_math.optimized_attention(q, k, v, 4, skip_reshape=True, mask=full)
+    log_once.cache_clear()  # an earlier test may have logged the same fallback already
     with caplog.at_level("WARNING", logger="xattn_video"):
         out = flux_math.optimized_attention(q, k, v, 4, skip_reshape=True, mask=full,
                                             transformer_options={"optimized_attention_override": patch})
     torch.testing.assert_close(out, ref)
     assert patch.runtime.record.counts() == {"mask": 1}
+    # the fallback is said, once, naming the mask and where the call went
+    warnings = [r.getMessage() for r in caplog.records if r.name == "xattn_video"]
+    assert len(warnings) == 1
+    assert "(1, 1, 106, 106) is not a key-padding mask" in warnings[0] and "ComfyUI's attention" in warnings[0]
     # a key-padding mask on the same call goes sparse, and the output keeps ComfyUI's [B, N, H*D] layout
     pad = torch.zeros(1, 1, 106)
     pad[..., 103:] = -torch.finfo(torch.float32).max

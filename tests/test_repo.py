@@ -2,14 +2,33 @@
 
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parent.parent
 
 
 def test_ci_runs_exactly_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
-    ci_command = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    lines = (ROOT / ".ci" / "run").read_text().strip().replace("\\\n", "").splitlines()  # continuation lines joined
+    ci_command = lines[-1]
     assert "pytest" in ci_command
     assert f"```bash\n{ci_command}\n```" in readme
+    # before it, the kernel tests on the newest triton that pyproject.toml accepts
+    assert any('--target "$newest_triton" "$triton_spec"' in line for line in lines)
+    assert lines[-2].startswith('PYTHONPATH="$newest_triton" python -m pytest') and "test_kernels_triton.py" in lines[-2]
+
+
+def test_installed_triton_is_in_the_declared_range():
+    """The kernels are tested only on tritons pyproject.toml accepts (CI: the pinned one and the newest)."""
+    from packaging.requirements import Requirement
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    triton = pytest.importorskip("triton")
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    req = Requirement(next(d for d in deps if d.startswith("triton")))
+    assert req.specifier.contains(triton.__version__, prereleases=True), (triton.__version__, str(req.specifier))
+    assert any(s.operator == "<" for s in req.specifier), "the range needs a ceiling: the newest tested triton"
 
 
 def test_presets_load():

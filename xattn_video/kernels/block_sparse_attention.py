@@ -34,6 +34,30 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def _major_minor(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def check_interpreter(triton_version: str = triton.__version__, numpy_version: str | None = None) -> None:
+    """Raise ``RuntimeError`` where Triton's interpreter cannot run the kernels' loops.
+
+    Triton 3.4-3.6's interpreter turns a loop bound into a Python int with ``int(1-element array)``, which
+    numpy >= 2.4 refuses: without this check every kernel with a runtime loop bound fails with a bare
+    ``TypeError`` (their GPU path is not affected).
+
+    Example::
+
+        check_interpreter("3.8.0", "2.4.1")   # fine; ("3.6.0", "2.4.1") raises
+    """
+    import numpy
+
+    numpy_version = numpy_version or numpy.__version__
+    if _major_minor(triton_version) < (3, 7) and _major_minor(numpy_version) >= (2, 4):
+        raise RuntimeError(f"Triton {triton_version}'s CPU interpreter (TRITON_INTERPRET=1) cannot run with numpy "
+                           f"{numpy_version}; accepted: triton >= 3.7, or numpy < 2.4 with triton 3.4-3.6")
+
+
 @triton.jit
 def _attn_tile(acc, l_i, m_i, q, k_src, v_src, start_n, kv_len, qk_scale,
                stride_kn, stride_kd, stride_vn, stride_vd,
@@ -149,20 +173,60 @@ _bsa_fwd_tuned = triton.autotune(_CONFIGS, key=["BS", "HEAD_DIM", "USE_TMA", "n_
 )
 
 
-# TMA descriptors are used where they work; XATTN_NO_TMA=1 turns them off (A/B timing)
+# TMA descriptors are used where they work; XATTN_NO_TMA=1 turns them off (A/B timing). "why" holds the reason
+# when this Triton cannot build them.
 _TMA: dict = {"ok": os.environ.get("XATTN_NO_TMA", "0") in ("", "0"), "why": None, "allocator": False}
+logger = logging.getLogger("xattn_video")
+
+
+def tma_unsupported_reason() -> str | None:
+    """Why the installed Triton cannot build in-kernel TMA descriptors, or None when it can.
+
+    The one condition that turns TMA off for the process; it is checked before any launch. An error raised by
+    a TMA launch itself is never taken as "unsupported": it propagates.
+
+    Example::
+
+        tma_unsupported_reason()   # None on triton >= 3.4
+    """
+    missing = [f"{mod.__name__}.{name}" for mod, name in ((tl, "make_tensor_descriptor"), (triton, "set_allocator"))
+               if not hasattr(mod, name)]
+    if missing:
+        return f"triton {triton.__version__} has no {' / '.join(missing)}"
+    return None
+
+
+def _tma_layout_ok(x: torch.Tensor) -> bool:
+    """Descriptor constraints: unit stride on D; base and every other stride 16-byte aligned (each (b, h) slice
+    starts a descriptor, so the batch and head strides count too; a size-1 dimension's stride is never used)."""
+    if x.stride(-1) != 1 or x.data_ptr() % 16:
+        return False
+    return all(x.shape[i] == 1 or (x.stride(i) * x.element_size()) % 16 == 0 for i in range(x.dim() - 1))
 
 
 def _use_tma(x: torch.Tensor) -> bool:
     if not _TMA["ok"] or torch.cuda.get_device_capability(x.device)[0] < 9:
         return False
-    if x.stride(-1) != 1 or (x.stride(2) * x.element_size()) % 16 or x.data_ptr() % 16:
+    if _TMA["why"] is None:
+        _TMA["why"] = tma_unsupported_reason() or ""
+        if _TMA["why"]:
+            logger.warning("xattn_video: TMA descriptors unavailable (%s); using plain loads (slower)", _TMA["why"])
+    if _TMA["why"] or not _tma_layout_ok(x):
         return False
+    _install_allocator()
+    return True
+
+
+def _install_allocator() -> None:
     if not _TMA["allocator"]:
         # in-kernel descriptors need a small global scratch buffer per launch
         triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
         _TMA["allocator"] = True
-    return True
+
+
+def _launch_autotuned(args: tuple, grid, bs: int, d: int, k: torch.Tensor, v: torch.Tensor) -> None:
+    # no try / except: a failing TMA launch is a bug to see, not a reason to run slower from then on
+    _bsa_fwd_tuned[grid](*args, BS=bs, HEAD_DIM=d, USE_TMA=_use_tma(k) and _use_tma(v))
 
 
 def _tile_for(block_size: int) -> int:
@@ -189,6 +253,8 @@ def block_sparse_attention_triton(
     b, h, n, d = q.shape
     n_k = k.shape[2]
     interp = interpreting()
+    if interp:
+        check_interpreter()
     dims = INTERPRETER_HEAD_DIMS if interp else HEAD_DIMS
     if d not in dims:
         raise ValueError(f"head_dim={d} is not supported by the Triton attention kernel; accepted: {dims}")
@@ -217,6 +283,9 @@ def block_sparse_attention_triton(
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             idx.stride(0), s_ih, idx.stride(2), idx.stride(3), cnt.stride(0), s_ch, cnt.stride(2),
             h, n, triton.next_power_of_2(n))
+    reason = tma_unsupported_reason() if launch and launch.get("USE_TMA") else None
+    if reason:
+        raise ValueError(f"launch USE_TMA=True cannot run: {reason}; accepted: triton >= 3.4")
     if interp or q.device.type != "cuda":
         block = min(tile, 64)
         cfg = {"BLOCK_M": block, "BLOCK_N": block, **(launch or {})}
@@ -227,18 +296,9 @@ def block_sparse_attention_triton(
     elif launch is not None:
         cfg = dict(launch)
         if cfg.get("USE_TMA"):
-            _use_tma(k)  # installs the descriptor scratch allocator
+            _install_allocator()
         _bsa_fwd[(ceil_div(n, cfg["BLOCK_M"]), b * h)](*args, BS=bs, HEAD_DIM=d, **cfg)
     else:
         grid = lambda meta: (ceil_div(n, meta["BLOCK_M"]), b * h)  # noqa: E731
-        if _use_tma(k) and _use_tma(v):
-            try:
-                _bsa_fwd_tuned[grid](*args, BS=bs, HEAD_DIM=d, USE_TMA=True)
-                return out
-            except Exception as e:  # noqa: BLE001 - an older Triton/GPU without descriptors: plain loads
-                _TMA["ok"] = False
-                _TMA["why"] = f"{type(e).__name__}: {e}"
-                logging.getLogger("xattn_video").warning(
-                    "xattn_video: TMA descriptors unavailable (%s); using plain loads (slower)", _TMA["why"])
-        _bsa_fwd_tuned[grid](*args, BS=bs, HEAD_DIM=d, USE_TMA=False)
+        _launch_autotuned(args, grid, bs, d, k, v)
     return out

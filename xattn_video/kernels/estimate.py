@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from ..config import ceil_div
-from .block_sparse_attention import DTYPES, LOG2E, interpreting
+from .block_sparse_attention import DTYPES, LOG2E, check_interpreter, interpreting
 
 
 @triton.jit
@@ -95,8 +95,10 @@ def _est_finish(PART, MT, MS, LS, KVLEN, OUT, H, N_Q, NQS, QB, KB, NT, NSPLIT,
     offs_kb = t * KBT + tl.arange(0, KBT)
     # tiles past the valid keys were never computed: their blocks score 0 (never read what they hold)
     kb_ok = (offs_kb < KB) & (offs_kb * BS < kv_len)
-    tile_ok = t * KBT * BS < kv_len
-    m_t = tl.load(MT + (bh * NQS + rows) * NT + t, mask=(rows >= 0) & tile_ok, other=0.0)
+    # a block comparison, not `block & scalar`: the interpreter turns the scalar into int32 data and
+    # Triton >= 3.9's interpreter then rejects the mask ("mask has unsupported dtype")
+    tile_ok = rows * 0 + t * KBT * BS < kv_len
+    m_t = tl.load(MT + (bh * NQS + rows) * NT + t, mask=tile_ok, other=0.0)
     w = tl.where(rows * S < N_Q, tl.math.exp2(m_t - m_f) / l_f, 0.0)  # rows of padded queries count 0
     part = tl.load(PART + (bh * NQS + rows[:, None]) * KB + offs_kb[None, :], mask=kb_ok[None, :], other=0.0)
     out = tl.where(kb_ok, tl.sum(part * w[:, None], 0), 0.0)
@@ -161,6 +163,8 @@ def strided_block_scores_triton(
     r = block_size // stride  # strided rows (and columns) per block
     qb, kb = ceil_div(n, block_size), ceil_div(n_k, block_size)
     nqs, nks = qb * r, kb * r
+    if interpreting():
+        check_interpreter()
     interp = interpreting() or q.device.type != "cuda"
     bm = block_m or (16 if interp else 128)
     bn = max(block_n or (16 if interp else 256), r)  # 128 x 256 tiles, 2 stages: best of the H100 sweep

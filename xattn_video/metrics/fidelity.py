@@ -34,46 +34,9 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
-VideoLike = Any  # np.ndarray | torch.Tensor, [F, H, W, 3]
+from ..video_io import VideoLike, to_float_video  # noqa: F401 - to_float_video is re-exported
+
 LPIPS_ENV = "XATTN_LPIPS_WEIGHTS"
-# Values this far outside [0, 1] are an error (wrong range, e.g. [-1, 1] VAE output), not rounding noise.
-_RANGE_TOL = 1e-3
-
-
-def to_float_video(video: VideoLike, name: str = "video") -> np.ndarray:
-    """Return ``video`` as a float32 (float64 if given float64) numpy array ``[F, H, W, 3]`` in [0, 1].
-
-    float32 keeps a 129-frame 720p clip near 1.4 GB; metrics accumulate per frame in float64.
-
-    Accepts numpy arrays or torch tensors: uint8 (0..255) or floating (0..1). Raises ValueError naming the
-    bad shape, dtype or range.
-
-    Example::
-
-        v = to_float_video(np.zeros((4, 32, 32, 3), np.uint8))   # float32 zeros
-    """
-    if hasattr(video, "detach") and hasattr(video, "cpu"):  # torch tensor, without importing torch here
-        video = video.detach().cpu()
-        if str(video.dtype) in ("torch.bfloat16", "torch.float16"):
-            video = video.float()
-        video = video.numpy()
-    arr = np.asarray(video)
-    if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError(f"{name} has shape {tuple(arr.shape)}; expected [F, H, W, 3] (RGB frames, channels last)")
-    if arr.shape[0] < 1 or arr.shape[1] < 1 or arr.shape[2] < 1:
-        raise ValueError(f"{name} has shape {tuple(arr.shape)}; every dimension must be >= 1")
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / np.float32(255.0)
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise ValueError(f"{name} has dtype {arr.dtype}; expected uint8 (0..255) or float (0..1)")
-    if arr.dtype != np.float64:  # float64 input stays float64 (exact comparisons); half types widen
-        arr = arr.astype(np.float32, copy=False)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or Inf values; expected finite floats in [0, 1]")
-    lo, hi = float(arr.min()), float(arr.max())
-    if lo < -_RANGE_TOL or hi > 1.0 + _RANGE_TOL:
-        raise ValueError(f"{name} values span [{lo:.4g}, {hi:.4g}]; expected floats in [0, 1] (or uint8 0..255)")
-    return np.clip(arr, 0.0, 1.0) if (lo < 0.0 or hi > 1.0) else arr
 
 
 def _pair(reference: VideoLike, test: VideoLike) -> tuple[np.ndarray, np.ndarray]:

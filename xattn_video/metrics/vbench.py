@@ -7,9 +7,10 @@ Always computed here, no weights, VBench's own formula:
 - ``temporal_flickering`` (``vbench/temporal_flickering.py``): frames as uint8 0..255;
   ``mae_t = mean(|frame_t - frame_{t+1}|)`` over all pixels and channels; score ``= (255 - mean_t mae_t) / 255``.
   1.0 = static clip; higher = less flicker. Two differences from running VBench itself: (1) VBench reads the
-  decoded .mp4 (codec noise included), this reads the frames before encoding, converted with
-  ``round(x * 255)``; (2) VBench's benchmark evaluates this dimension only on clips its static filter
-  keeps, here it is reported for every clip, so compare dense vs sparse, not against the leaderboard.
+  decoded .mp4 (codec noise included), this reads the frames before encoding, converted to uint8 exactly as
+  the mp4 writer converts them (``video_io.to_uint8``: ``round(x * 255)``); (2) VBench's benchmark evaluates
+  this dimension only on clips its static filter keeps, here it is reported for every clip, so compare dense
+  vs sparse, not against the leaderboard.
 
 Model-based, run through the installed ``vbench`` package (not a dependency of this project; detected
 with ``importlib.util.find_spec``) only when every checkpoint it needs is already in a local weights
@@ -52,7 +53,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .fidelity import VideoLike, to_float_video
+from ..video_io import VideoLike, to_uint8
 
 VBENCH_ENV = "XATTN_VBENCH_WEIGHTS"
 
@@ -71,21 +72,6 @@ MODEL_DIMENSIONS: Mapping[str, Sequence[str]] = {
 ALL_DIMENSIONS = WEIGHT_FREE_DIMENSIONS + tuple(MODEL_DIMENSIONS)
 
 
-def to_uint8_video(video: VideoLike) -> np.ndarray:
-    """``[F, H, W, 3]`` uint8 frames as a video file would store them (float ``x`` -> ``round(255 x)``).
-
-    Example::
-
-        to_uint8_video(np.full((2, 8, 8, 3), 0.5, np.float32))[0, 0, 0]   # array([128, 128, 128])
-    """
-    arr = video.detach().cpu().numpy() if hasattr(video, "detach") else np.asarray(video)
-    if arr.dtype == np.uint8:
-        if arr.ndim != 4 or arr.shape[-1] != 3 or 0 in arr.shape:
-            raise ValueError(f"video has shape {tuple(arr.shape)}; expected [F, H, W, 3] (RGB frames, channels last)")
-        return arr
-    return np.rint(to_float_video(arr, "video") * 255.0).astype(np.uint8)
-
-
 def temporal_flickering(video: VideoLike) -> float:
     """VBench temporal flickering: ``(255 - mean_t MAE(frame_t, frame_{t+1})) / 255`` on uint8 frames.
 
@@ -96,7 +82,7 @@ def temporal_flickering(video: VideoLike) -> float:
         v = np.zeros((3, 8, 8, 3), np.uint8); v[1] = 10; v[2] = 20
         temporal_flickering(v)   # (255 - 10) / 255
     """
-    frames = to_uint8_video(video)
+    frames = to_uint8(video, "video")
     if frames.shape[0] < 2:
         raise ValueError(f"temporal_flickering needs >= 2 frames; got video of shape {tuple(frames.shape)}")
     # VBench: np.mean(cv2.absdiff(float32 a, float32 b)) per consecutive pair, then the mean over pairs
@@ -196,7 +182,7 @@ def vbench_dimensions(
         raise ValueError(f"unknown VBench dimension(s) {unknown}; accepted: {list(ALL_DIMENSIONS)}")
     if not isinstance(fps, int) or isinstance(fps, bool) or fps < 1:
         raise ValueError(f"fps={fps!r}; expected a positive integer")
-    frames = to_uint8_video(video)
+    frames = to_uint8(video, "video")
     computed: Dict[str, float] = {}
     skipped: Dict[str, str] = {}
 
