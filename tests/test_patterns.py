@@ -153,6 +153,11 @@ def test_static_source_checks_the_sequence_and_text_policy():
         source(SimpleNamespace(q=q, k=k, kv_len=None, global_start=70, layer=0, step=0, config=cfg))
     with pytest.raises(ValueError, match="keep_text=False"):
         source(_request(q, k, None, layout, cfg.replace(keep_text=False)))
+    with pytest.raises(ValueError, match="global_start=None"):
+        source(SimpleNamespace(q=q, k=k, kv_len=None, global_start=None, layer=0, step=0, config=cfg))
+    video_only = source(SimpleNamespace(q=q[:, :, :72], k=k[:, :, :72], kv_len=None, global_start=None, layer=0,
+                                        step=0, config=cfg))
+    assert video_only.num_q_blocks == 5
 
 
 def brute_pooled(q, k, block, kv_len):

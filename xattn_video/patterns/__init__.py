@@ -24,7 +24,7 @@ from .assemble import assemble_mask
 from .calibrate import fit_density, pattern_density
 from .layout import VideoLayout
 from .scores import exact_block_scores, pooled_block_scores
-from .source import MaskRequest, ScoredSource, StaticSource, SVGSource
+from .source import ScoredSource, SourceRequest, StaticSource, SVGSource
 from .static import (Band, FirstFrames, Radial, StaticPattern, Temporal, Union, Window3D, video_block_keep,
                      video_block_keep_reference)
 from .svg import SVG, svg_head_keep
@@ -32,6 +32,6 @@ from .svg import SVG, svg_head_keep
 __all__ = [
     "VideoLayout", "StaticPattern", "Window3D", "Band", "Temporal", "Radial", "FirstFrames", "Union",
     "video_block_keep", "video_block_keep_reference", "assemble_mask", "pooled_block_scores",
-    "exact_block_scores", "SVG", "svg_head_keep", "MaskRequest", "StaticSource", "ScoredSource", "SVGSource",
+    "exact_block_scores", "SVG", "svg_head_keep", "SourceRequest", "StaticSource", "ScoredSource", "SVGSource",
     "fit_density", "pattern_density",
 ]

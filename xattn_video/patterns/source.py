@@ -1,11 +1,9 @@
 """Mask sources: the peers' patterns as callables ``source(request) -> BlockSparseMask``.
 
 The runtime calls a mask source on the calls it decides are sparse, instead of XAttention's estimate; the
-mask then runs through the same block-sparse attention and is recorded like an estimated one. A request
-carries (attribute names): ``q``, ``k`` (``[B, H, N, D]``, after RoPE), ``kv_len`` (``[B]`` or None),
-``global_start`` (the first text token, or None), ``layer``, ``step`` and ``config`` (the op's
-``XAttentionConfig``: ``block_size``, ``threshold``, ``max_density``, ``keep_diagonal``, ``keep_text``);
-``SVGSource`` with ``criterion="mse"`` also reads ``v``.
+mask then runs through the same block-sparse attention and is recorded like an estimated one. A source reads
+the request's attributes listed in ``SourceRequest``; ``SVGSource`` with ``criterion="mse"`` also reads ``v``.
+Each source adds the text blocks and the diagonal itself (per the op config), as the estimate does.
 
 Example::
 
@@ -22,7 +20,6 @@ from typing import Any, Protocol
 import torch
 
 from ..block_mask import BlockSparseMask
-from ..config import XAttentionConfig
 from ..estimate import select_blocks
 from .assemble import assemble_mask, check_sequence
 from .layout import VideoLayout
@@ -31,23 +28,39 @@ from .static import StaticPattern, video_block_keep
 from .svg import SVG, svg_head_keep
 
 
-class MaskRequest(Protocol):
-    """What a mask source reads from the runtime's request for one attention call."""
+class SourceRequest(Protocol):
+    """What these sources read from a request for one attention call (the runtime's request has more).
+
+    Attributes:
+        q, k: ``[B, H, N, D]`` after RoPE, the layout's video tokens first, then text.
+        kv_len: ``[B]`` valid key lengths, or None (all valid).
+        global_start: the first text token (must be the layout's video token count), or None.
+        layer: block index, for per-layer thresholds.
+        config: the op's parameters: ``block_size``, ``threshold_for(layer, heads)``, ``max_density``,
+            ``keep_diagonal``, ``keep_text`` (an ``XAttentionConfig`` or the op part of one).
+    """
 
     q: torch.Tensor
     k: torch.Tensor
     kv_len: torch.Tensor | None
     global_start: int | None
     layer: int | None
-    step: int | None
-    config: XAttentionConfig
+    config: Any
 
 
-def _text_is_global(config: XAttentionConfig, name: str) -> None:
+def _text_is_global(config: Any, name: str) -> None:
     # the peers define text as global; a config that says otherwise asks for something this source cannot do
     if not config.keep_text:
         raise ValueError(f"{name} keeps text tokens global, as the peers do; config.keep_text=False is not "
                          "supported (set keep_text=True)")
+
+
+def _check_request(layout: VideoLayout, request: Any) -> None:
+    n = request.q.shape[2]
+    if request.global_start is None and n != layout.num_tokens:
+        raise ValueError(f"global_start=None says the call has no text, but it has {n} tokens and the layout "
+                         f"{layout.num_tokens} video tokens")
+    check_sequence(layout, n, request.global_start)
 
 
 def _kv_len(request: Any) -> torch.Tensor:
@@ -77,10 +90,10 @@ class StaticSource:
             self._video[block_size] = video_block_keep(self.pattern, self.layout, block_size)
         return self._video[block_size]
 
-    def __call__(self, request: MaskRequest) -> BlockSparseMask:
+    def __call__(self, request: SourceRequest) -> BlockSparseMask:
         cfg, q = request.config, request.q
         _text_is_global(cfg, "StaticSource")
-        check_sequence(self.layout, q.shape[2], request.global_start)
+        _check_request(self.layout, request)
         kv_len = _kv_len(request)
         key = (cfg.block_size, cfg.keep_diagonal, q.shape[2], tuple(kv_len.tolist()), str(q.device))
         if key not in self._masks:
@@ -107,7 +120,7 @@ class ScoredSource:
             raise ValueError(f"score={score!r} is not one of {sorted(SCORERS)}")
         self.score = score
 
-    def __call__(self, request: MaskRequest) -> BlockSparseMask:
+    def __call__(self, request: SourceRequest) -> BlockSparseMask:
         cfg, q, k = request.config, request.q, request.k
         kv_len = _kv_len(request)
         scores = SCORERS[self.score](q, k, cfg.block_size, kv_len)
@@ -134,10 +147,10 @@ class SVGSource:
         self._temporal = StaticSource(svg.temporal, layout)
         self.last_choice: torch.Tensor | None = None  # [B, H]: 0 = spatial, 1 = temporal, of the last call
 
-    def __call__(self, request: MaskRequest) -> BlockSparseMask:
+    def __call__(self, request: SourceRequest) -> BlockSparseMask:
         cfg, q = request.config, request.q
         _text_is_global(cfg, "SVGSource")
-        check_sequence(self.layout, q.shape[2], request.global_start)
+        _check_request(self.layout, request)
         kv_len = _kv_len(request)
         v = getattr(request, "v", None)
         keeps = [self._spatial.video_keep(cfg.block_size), self._temporal.video_keep(cfg.block_size)]

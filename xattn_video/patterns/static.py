@@ -60,14 +60,13 @@ class Pieces:
 Runs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def _around(p: Pieces, units: torch.Tensor, radius: int, unit_size: int, unit_stride: int,
-            ok: torch.Tensor | None = None) -> Runs:
+def _around(p: Pieces, units: torch.Tensor, radius: int, unit_size: int, ok: torch.Tensor | None = None) -> Runs:
     """Runs covering positions ``lo - radius .. hi + radius`` of unit ``units[i, j]`` for every piece ``i``."""
     block = p.block[:, None].expand_as(units)
     lo = torch.clamp(p.lo - radius, min=0)[:, None].expand_as(units)
     hi = torch.clamp(p.hi + radius, max=unit_size - 1)[:, None].expand_as(units)
     keep = (units >= 0) if ok is None else ok
-    base = units * unit_stride
+    base = units * unit_size
     return block[keep], (base + lo)[keep], (base + hi)[keep]
 
 
@@ -154,7 +153,7 @@ class Window3D(StaticPattern):
         dy = torch.arange(-ry, ry + 1).repeat(2 * rt + 1)
         kt, ky = t[:, None] + dt, y[:, None] + dy
         ok = (kt >= 0) & (kt < layout.frames) & (ky >= 0) & (ky < layout.height)
-        return _around(p, kt * layout.height + ky, rx, layout.width, layout.width, ok)
+        return _around(p, kt * layout.height + ky, rx, layout.width, ok)
 
 
 @dataclass(frozen=True)
@@ -176,7 +175,7 @@ class Band(StaticPattern):
     def runs(self, layout, block_size):
         n = layout.num_tokens
         p = Pieces.of(n, block_size, n)  # one piece per block
-        return _around(p, torch.zeros(len(p.block), 1, dtype=torch.long), self.radius, n, n)
+        return _around(p, torch.zeros(len(p.block), 1, dtype=torch.long), self.radius, n)
 
 
 @dataclass(frozen=True)
@@ -198,7 +197,7 @@ class Temporal(StaticPattern):
     def runs(self, layout, block_size):
         p = Pieces.of(layout.num_tokens, block_size, layout.frame_tokens)  # one piece per frame
         frames = torch.arange(layout.frames).expand(len(p.block), -1)
-        return _around(p, frames, self.radius, layout.frame_tokens, layout.frame_tokens)
+        return _around(p, frames, self.radius, layout.frame_tokens)
 
 
 @dataclass(frozen=True)
@@ -269,7 +268,7 @@ class Radial(StaticPattern):
             kf = p.unit[:, None] + torch.arange(-layout.frames + 1, layout.frames)  # key frames
             inside = (kf >= 0) & (kf < layout.frames)
             ok = inside & (radii[(kf - p.unit[:, None]).abs().clamp(max=layout.frames - 1)] == r)
-            parts.append(_around(p, kf, r, layout.frame_tokens, layout.frame_tokens, ok))
+            parts.append(_around(p, kf, r, layout.frame_tokens, ok))
         if self.sink:
             parts.append(FirstFrames(1).runs(layout, block_size))
         return tuple(torch.cat(x) for x in zip(*parts))  # type: ignore[return-value]
