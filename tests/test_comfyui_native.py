@@ -184,7 +184,7 @@ def test_other_mask_shapes_fall_back_to_comfy(caplog):
     # the fallback is said, once, naming the mask and where the call went
     warnings = [r.getMessage() for r in caplog.records if r.name == "xattn_video"]
     assert len(warnings) == 1
-    assert "(1, 1, 106, 106) is not a key-padding mask" in warnings[0] and "ComfyUI's attention" in warnings[0]
+    assert "(1, 1, 106, 106) is not a key-padding mask" in warnings[0] and "host's dense attention" in warnings[0]
     # a key-padding mask on the same call goes sparse, and the output keeps ComfyUI's [B, N, H*D] layout
     pad = torch.zeros(1, 1, 106)
     pad[..., 103:] = -torch.finfo(torch.float32).max
