@@ -56,57 +56,49 @@ def set_shift(pipe: Any, shift: float) -> None:
 
 
 def concentration(pipe: Any, captions: list[str], size: dict, steps: int, cfg: float, block_size: int) -> dict:
-    """Oracle 90%-mass block share per layer at ``size`` (and XAttention's tau=0.9 estimate density)."""
-    from xattn_video import XAttentionConfig
+    """Oracle 90%-mass block share per layer at ``size`` (and XAttention's tau=0.9 estimate density), over the
+    steps after the first 10% (the usual dense warmup). A mask source sees every call's q and k; it returns
+    every block, so the video is the dense one."""
+    from xattn_video import XAttentionConfig, apply_xattention, remove_xattention
+    from xattn_video.block_mask import BlockSparseMask
     from xattn_video.estimate import estimate_mask
-    from xattn_video.processors import XAttentionProcessor, _kv_len_from_mask
-    from xattn_video.attention import dense_attention
     from xattn_video.proxy.concentration import oracle_block_density
 
     per_layer: dict[int, list[float]] = {}
     estimate: dict[int, list[float]] = {}
-    step_of_call = {"step": 0}
-    skip = max(1, steps // 10)  # the first 10% of the steps are the usual dense warmup: not counted
+    skip = max(1, steps // 10)
 
-    class Probe(XAttentionProcessor):
-        def _attend(self, q, k, v, attention_mask, layer, global_start):  # noqa: ANN001
-            kv_len = _kv_len_from_mask(attention_mask, q.shape[0], k.shape[2], q.device)
-            if self.state.step is not None and self.state.step >= skip:
-                d = oracle_block_density(q, k, block_size, 0.9, kv_len, q_end=global_start)
-                per_layer.setdefault(layer, []).append(float(d.mean()))
-                m = estimate_mask(q, k, block_size=block_size, stride=16, threshold=0.9, kv_len=kv_len,
-                                  keep_diagonal=True, max_density=None, global_start=global_start,
-                                  backend="triton" if q.is_cuda else "reference")
-                estimate.setdefault(layer, []).append(m.density())
-            return dense_attention(q, k, v, kv_len)
+    def probe(req: Any) -> BlockSparseMask:
+        q, k = req.q, req.k
+        per_layer.setdefault(req.layer, []).append(
+            float(oracle_block_density(q, k, block_size, 0.9, req.kv_len, q_end=req.global_start).mean()))
+        m = estimate_mask(q, k, block_size=block_size, stride=16, threshold=0.9, kv_len=req.kv_len,
+                          keep_diagonal=True, max_density=None, global_start=req.global_start,
+                          backend="triton" if q.is_cuda else "reference")
+        estimate.setdefault(req.layer, []).append(m.density())
+        b, h, n = q.shape[:3]
+        qb, kb = -(-n // block_size), -(-k.shape[2] // block_size)
+        every = torch.ones(b, h, qb, kb, dtype=torch.bool, device=q.device)
+        return BlockSparseMask.from_dense(every, block_size, n, req.kv_len)
 
-    from xattn_video.processors import xattention_processors
-    from xattn_video.schedule import attach_step_tracker, XAttentionState
-
-    model = pipe.transformer
-    before = dict(model.attn_processors)
-    config = XAttentionConfig(block_size=block_size, threshold=1.0, warmup_steps=0)
-    state = XAttentionState(config)
-    procs = xattention_processors(model, config, state)
-    for name, p in procs.items():
-        if isinstance(p, XAttentionProcessor):
-            procs[name] = Probe(config, state, layer=p.layer, name=p.name)
-    model.set_attn_processor(procs)
-    hook = attach_step_tracker(model, state)
+    config = XAttentionConfig(block_size=block_size, stride=16, threshold=0.9, warmup_steps=skip)
+    apply_xattention(pipe, config, mask_source=probe)
     try:
         sample(pipe, captions, list(range(len(captions))), steps=steps, cfg=cfg, batch=1, **size)
     finally:
-        hook.remove()
-        model.set_attn_processor(before)
-    del step_of_call
+        remove_xattention(pipe)
     layers = sorted(per_layer)
+
+    def mean(values: dict[int, list[float]]) -> float:
+        return sum(sum(v) for v in values.values()) / sum(len(v) for v in values.values())
+
     return {
         "video_tokens": size["frames"] * size["height"] * size["width"] // 4,
         "block_size": block_size,
         "oracle_density_90_per_layer": [sum(per_layer[l]) / len(per_layer[l]) for l in layers],
-        "oracle_density_90_mean": sum(sum(v) for v in per_layer.values()) / sum(len(v) for v in per_layer.values()),
+        "oracle_density_90_mean": mean(per_layer),
         "xattn_tau09_density_per_layer": [sum(estimate[l]) / len(estimate[l]) for l in layers],
-        "xattn_tau09_density_mean": sum(sum(v) for v in estimate.values()) / sum(len(v) for v in estimate.values()),
+        "xattn_tau09_density_mean": mean(estimate),
         "prompts": captions,
         "steps_counted": f"{skip}..{steps - 1}",
     }

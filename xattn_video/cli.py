@@ -2,7 +2,7 @@
 
 Examples::
 
-    xattn-video generate --prompt "a red fox in the snow" --out out/    # embedded tiny model, CPU is fine
+    xattn-video generate --prompt "a red circle moving right" --out out/   # embedded proxy model, CPU is fine
     xattn-video compare --prompt "a red fox" --model /models/HunyuanVideo --config hunyuan_720p_fast \\
         --frames 129 --height 720 --width 1280 --steps 50 --out out/fox
     xattn-video report out/fox                                          # re-render report.md and plots
@@ -52,8 +52,10 @@ def _build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--prompt", required=True)
         p.add_argument("--config", help=f"YAML file or preset ({', '.join(preset_names())}); "
-                                        "default: tiny_cpu for the tiny model, hunyuan_720p_quality otherwise")
-        p.add_argument("--model", help="local diffusers HunyuanVideo folder (default: embedded tiny model)")
+                                        "default: proxy_cpu for the proxy, tiny_cpu for tiny, "
+                                        "hunyuan_720p_quality for a HunyuanVideo folder")
+        p.add_argument("--model", help="local diffusers HunyuanVideo folder, 'proxy' (the default: a small model "
+                                       "trained here on procedural video) or 'tiny' (random weights)")
         p.add_argument("--steps", type=_positive("--steps"), help="denoising steps")
         p.add_argument("--frames", type=_positive("--frames"), help="frames, 4k+1 (1, 5, ..., 129)")
         p.add_argument("--height", type=_positive("--height", 16), help="pixels, a multiple of 16")
@@ -74,17 +76,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> tuple[XAttentionConfig, dict[str, Any]]:
-    from .pipelines.hunyuan_video import check_video_size
-    from .pipelines.tiny import TINY_DEFAULTS
+    from .pipelines.hunyuan_video import check_video_size, model_defaults
 
-    tiny = args.model is None or args.model == "tiny"
-    config = load_config(args.config or ("tiny_cpu" if tiny else "hunyuan_720p_quality"))
+    preset, defaults = model_defaults(args.model)
+    config = load_config(args.config or preset)
     if args.threshold is not None:
         config = config.replace(threshold=args.threshold)
     if args.warmup is not None:
         config = config.replace(warmup_steps=args.warmup)
-    defaults = TINY_DEFAULTS if tiny else {"num_frames": 129, "height": 720, "width": 1280,
-                                           "num_inference_steps": 50}
     sizes = {
         "num_frames": args.frames or defaults["num_frames"],
         "height": args.height or defaults["height"],

@@ -7,9 +7,10 @@ block-sparse attention as XAttention's estimated masks, so a comparison isolates
   ``Temporal`` (SVG's temporal head), ``Radial`` (Radial Attention), ``FirstFrames`` (a sink); ``a | b``;
 - per call: ``SVG`` (SVG's online choice between a spatial and a temporal candidate per head),
   ``pooled_block_scores`` (mean-pooled estimate) and ``exact_block_scores`` (the oracle) with XAttention's
-  threshold selection.
+  threshold selection;
+- the floor: ``RandomSource``, random blocks at a given density.
 
-``StaticSource``, ``SVGSource`` and ``ScoredSource`` wrap them as mask sources ``source(request) ->
+``StaticSource``, ``SVGSource``, ``ScoredSource`` and ``RandomSource`` are mask sources ``source(request) ->
 BlockSparseMask`` for the runtime. Like the op, this package knows no host.
 
 Example::
@@ -24,7 +25,7 @@ from .assemble import assemble_mask
 from .calibrate import fit_density, pattern_density
 from .layout import VideoLayout
 from .scores import exact_block_scores, pooled_block_scores
-from .source import ScoredSource, SourceRequest, StaticSource, SVGSource
+from .source import RandomSource, ScoredSource, SourceRequest, StaticSource, SVGSource
 from .static import (Band, FirstFrames, Radial, StaticPattern, Temporal, Union, Window3D, video_block_keep,
                      video_block_keep_reference)
 from .svg import SVG, svg_head_keep
@@ -33,5 +34,6 @@ __all__ = [
     "VideoLayout", "StaticPattern", "Window3D", "Band", "Temporal", "Radial", "FirstFrames", "Union",
     "video_block_keep", "video_block_keep_reference", "assemble_mask", "pooled_block_scores",
     "exact_block_scores", "SVG", "svg_head_keep", "SourceRequest", "StaticSource", "ScoredSource", "SVGSource",
+    "RandomSource",
     "fit_density", "pattern_density",
 ]

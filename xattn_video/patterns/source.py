@@ -158,3 +158,58 @@ class SVGSource:
             self.svg, q, request.k, self.layout, cfg.block_size, kv_len, v, cfg.keep_diagonal, keeps
         )
         return assemble_mask(keep, self.layout, cfg.block_size, q.shape[2], kv_len, cfg.keep_diagonal)
+
+
+class RandomSource:
+    """Random video blocks at a fixed ``fraction``: the floor any selection has to beat at the same density.
+
+    Every layer and head draws its own blocks (seeded by ``seed`` and the layer), the same at every step; text
+    blocks and the diagonal are added as for the other sources.
+
+    Example::
+
+        source = RandomSource.for_density(0.3, layout, block_size=128, text_tokens=256, valid_text_tokens=40)
+    """
+
+    def __init__(self, fraction: float, layout: VideoLayout, seed: int = 0) -> None:
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"fraction={fraction!r} is out of range: accepted [0, 1]")
+        self.fraction, self.layout, self.seed = float(fraction), layout, seed
+        self._keeps: dict[tuple[int, int, int], torch.Tensor] = {}
+
+    def video_keep(self, layer: int, heads: int, block_size: int) -> torch.Tensor:
+        """``[1, H, VB, VB]`` bool on the CPU (cached per layer, heads and block size)."""
+        key = (layer, heads, block_size)
+        if key not in self._keeps:
+            vb = -(-self.layout.num_tokens // block_size)
+            g = torch.Generator().manual_seed(self.seed * 100_003 + layer)
+            self._keeps[key] = torch.rand(1, heads, vb, vb, generator=g) < self.fraction
+        return self._keeps[key]
+
+    def __call__(self, request: SourceRequest) -> BlockSparseMask:
+        cfg, q = request.config, request.q
+        _text_is_global(cfg, "RandomSource")
+        _check_request(self.layout, request)
+        keep = self.video_keep(request.layer or 0, q.shape[1], cfg.block_size).to(q.device)
+        return assemble_mask(keep, self.layout, cfg.block_size, q.shape[2], _kv_len(request), cfg.keep_diagonal)
+
+    @classmethod
+    def for_density(cls, target: float, layout: VideoLayout, block_size: int, *, text_tokens: int = 0,
+                    valid_text_tokens: int | None = None, seed: int = 0, heads: int = 1) -> "RandomSource":
+        """The source whose masks (text global, diagonal kept) have density closest to ``target`` (bisection on
+        the fraction, measured on layer 0's draw)."""
+        if not 0.0 < target <= 1.0:
+            raise ValueError(f"target={target!r} is out of range: accepted (0, 1]")
+        valid = text_tokens if valid_text_tokens is None else valid_text_tokens
+        q_len = layout.num_tokens + text_tokens
+        kv_len = torch.tensor([layout.num_tokens + valid])
+
+        def density(fraction: float) -> float:
+            keep = cls(fraction, layout, seed).video_keep(0, heads, block_size)
+            return assemble_mask(keep, layout, block_size, q_len, kv_len).density()
+
+        lo, hi = 0.0, 1.0
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if density(mid) < target else (lo, mid)
+        return cls(lo, layout, seed)

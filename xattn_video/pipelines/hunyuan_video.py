@@ -34,24 +34,65 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+EMBEDDED_PROXY = Path(__file__).resolve().parents[1] / "proxy" / "checkpoint"
+HUNYUAN_DEFAULTS = {"num_frames": 129, "height": 720, "width": 1280, "num_inference_steps": 50}
+BUILTIN_MODELS = ("proxy", "tiny")
+
+
+def model_kind(model: str | Path | None) -> str:
+    """``"proxy"`` (the embedded trained proxy, or a folder saved by ``xattn_video.proxy``), ``"tiny"`` (the
+    random-weight test model) or ``"hunyuan"`` (a local diffusers HunyuanVideo folder)."""
+    if model is None or str(model) in BUILTIN_MODELS:
+        return "proxy" if model is None else str(model)
+    from ..proxy.model import is_proxy_folder
+
+    return "proxy" if is_proxy_folder(model) else "hunyuan"
+
+
+def model_defaults(model: str | Path | None) -> tuple[str, dict[str, int]]:
+    """(config preset, video size and steps) that suit ``model`` when the user names none."""
+    kind = model_kind(model)
+    if kind == "tiny":
+        return "tiny_cpu", dict(TINY_DEFAULTS)
+    if kind == "proxy":
+        from ..proxy.model import read_info
+
+        return "proxy_cpu", dict(read_info(EMBEDDED_PROXY if model in (None, "proxy") else model).defaults)
+    return "hunyuan_720p_quality", dict(HUNYUAN_DEFAULTS)
+
+
 def load_pipeline(model: str | Path | None = None, device: str | torch.device | None = None,
                   dtype: torch.dtype | None = None) -> Any:
-    """A HunyuanVideo pipeline: the embedded tiny one (``None`` or ``"tiny"``) or real weights from a local
-    diffusers folder (``model_index.json`` plus the seven component subfolders). Nothing is downloaded."""
+    """A HunyuanVideo pipeline. ``None`` or ``"proxy"``: the embedded proxy, a small HunyuanVideo transformer
+    trained here on procedural video (its videos follow captions like "a red circle moving right"); ``"tiny"``:
+    a random-weight model for tests; a folder: a proxy folder, or real weights in a local diffusers folder
+    (``model_index.json`` plus the seven component subfolders). Nothing is downloaded. Float32 on a CPU,
+    bfloat16 on a GPU, unless ``dtype`` says otherwise.
+
+    Example::
+
+        pipe = load_pipeline()                                # the embedded proxy
+        pipe = load_pipeline("/models/HunyuanVideo", device="cuda")
+    """
     device = torch.device(device) if device is not None else default_device()
-    if model is None or str(model) == "tiny":
-        return tiny_pipeline(seed=0, device=device, dtype=dtype or torch.float32)
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    kind = model_kind(model)
+    if kind == "tiny":
+        return tiny_pipeline(seed=0, device=device, dtype=dtype)
+    if kind == "proxy":
+        from ..proxy.model import load_proxy
+
+        return load_proxy(EMBEDDED_PROXY if model in (None, "proxy") else model, device=device, dtype=dtype)
     path = Path(model)
     if not path.is_dir():
         raise FileNotFoundError(f"model folder {str(path)!r} does not exist (give a local diffusers HunyuanVideo "
-                                "folder, or omit --model for the embedded tiny model)")
+                                "folder, or omit --model for the embedded proxy model)")
     missing = [p for p in ("model_index.json", *REQUIRED_SUBFOLDERS) if not (path / p).exists()]
     if missing:
         raise ValueError(f"model folder {str(path)!r} is incomplete: missing {', '.join(missing)} "
                          "(expected a diffusers HunyuanVideo folder)")
     from diffusers import HunyuanVideoPipeline
 
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     pipe = HunyuanVideoPipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
     pipe.vae.enable_tiling()
     pipe.to(device)
@@ -75,6 +116,11 @@ def model_name(pipe: Any) -> str:
 
 
 def _call_kwargs(pipe: Any) -> dict:
+    """What a built-in model needs in every call (its prompt template and text length)."""
+    if getattr(pipe, "xattn_proxy_info", None) is not None:
+        from ..proxy.model import proxy_call_kwargs
+
+        return proxy_call_kwargs(pipe)
     return tiny_call_kwargs() if model_name(pipe) == "tiny" else {}
 
 
@@ -209,7 +255,8 @@ def compare(pipe: Any, prompt: str, config: XAttentionConfig, *, num_frames: int
     from ..metrics.vbench import vbench_dimensions
 
     sizes = {"num_frames": num_frames, "height": height, "width": width, "num_inference_steps": num_inference_steps}
-    sizes = {k: (v if v is not None else TINY_DEFAULTS[k]) for k, v in sizes.items()}
+    defaults = _pipe_defaults(pipe)
+    sizes = {k: (v if v is not None else defaults[k]) for k, v in sizes.items()}
     model = _transformer_of(pipe)
     applied = xattention_hook(model)
     remove_xattention(model)
@@ -250,6 +297,14 @@ def compare(pipe: Any, prompt: str, config: XAttentionConfig, *, num_frames: int
 
         result.files.update(write_report(out_dir, report, dense.video, sparse.video))
     return result
+
+
+def _pipe_defaults(pipe: Any) -> dict[str, int]:
+    """The video size and steps a loaded pipeline is meant for."""
+    info = getattr(pipe, "xattn_proxy_info", None)
+    if info is not None:
+        return dict(info.defaults)
+    return dict(TINY_DEFAULTS) if model_name(pipe) == "tiny" else dict(HUNYUAN_DEFAULTS)
 
 
 def _warm_up(pipe: Any, prompt: str, config: XAttentionConfig, seed: int, sizes: dict) -> None:

@@ -36,7 +36,7 @@ WORDS = ("a", "moving", "and", *COLOURS, *SHAPES, *DIRECTIONS)
 TEXT_LEN = 8  # "<bos> a red circle moving right <eos>" is 7 tokens
 TEXT_DIM, POOLED_DIM = 64, 32
 PROMPT_TEMPLATE = {"template": "{}", "crop_start": 0}
-GUIDANCE = 6.0  # the pipeline's default guidance_scale; the proxy is trained with this guidance embedding
+GUIDANCE = 6.0  # HunyuanVideoPipeline's default guidance_scale: the proxy is trained with this guidance embedding
 PROVENANCE = ("a small HunyuanVideoTransformer3DModel trained by xattn-video on procedural video "
               "(coloured shapes on textured backgrounds); not HunyuanVideo's weights")
 
@@ -134,12 +134,11 @@ def proxy_pipeline(components: dict, info: ProxyInfo | None = None):
 
 
 def proxy_call_kwargs(pipe: Any, batch: int = 1, true_cfg_scale: float | None = None) -> dict:
-    """The call arguments a proxy pipeline needs besides prompt and size: its prompt template, text length,
-    guidance embedding and (when its info asks for it, or ``true_cfg_scale`` > 1) guidance against the empty
-    prompt for ``batch`` prompts."""
+    """The call arguments a proxy pipeline needs besides prompt and size: its prompt template and text length,
+    and (when its info asks for it, or ``true_cfg_scale`` > 1) guidance against the empty prompt for ``batch``
+    prompts. The guidance embedding is the pipeline's default (6.0), as in training."""
     info: ProxyInfo = pipe.xattn_proxy_info
-    kw = {"prompt_template": dict(info.prompt_template), "max_sequence_length": info.max_sequence_length,
-          "guidance_scale": info.guidance_scale}
+    kw = {"prompt_template": dict(info.prompt_template), "max_sequence_length": info.max_sequence_length}
     cfg = info.true_cfg_scale if true_cfg_scale is None else true_cfg_scale
     if cfg > 1.0:
         kw.update(true_cfg_scale=cfg, negative_prompt=[""] * batch)

@@ -45,6 +45,7 @@ class MaskRequest:
         layer: block index (double-stream blocks first, then single-stream).
         step: 0-based denoising step (None when unknown); ``call``: forward within the step.
         config: the op's parameters (block size, thresholds, ...).
+        v: ``[B, H, N, D]``, for sources that judge a mask by the attention output (SVG's profiling).
     """
 
     q: torch.Tensor
@@ -55,6 +56,7 @@ class MaskRequest:
     step: int | None
     call: int
     config: OpConfig
+    v: torch.Tensor | None = None
 
 
 # returns the BlockSparseMask to attend with, in place of the antidiagonal estimate
@@ -190,7 +192,7 @@ class XAttentionRuntime:
         given = self.masks.get(layer=layer, call=call, step=step, lengths=lengths, q_len=n, n_keys=k.shape[2])
         reason = "reused"
         if given is None and self.mask_source is not None:
-            request = MaskRequest(q, k, kv_len, global_start, layer, step, call, op)
+            request = MaskRequest(q, k, kv_len, global_start, layer, step, call, op, v)
             given = _checked_source_mask(self.mask_source(request), q, k, kv_len)
             reason = "source"
         elif given is None:

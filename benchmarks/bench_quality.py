@@ -1,0 +1,244 @@
+"""Quality benchmark on the proxy model: XAttention against the peers' sparse patterns at matched densities.
+
+The model is the proxy (a small HunyuanVideo transformer trained here on procedural video; its figures are that
+model's, never HunyuanVideo's). Held-out captions (never seen in training) x seeds are generated densely once
+(the reference videos), then once per method and warmup, batched, through the same pipeline, runtime and
+block-sparse kernel; only the block masks differ:
+
+- XAttention as in the paper: tau 0.8 / 0.9 / 0.95 with stride 8 and 16, and tau 0.95 capped by
+  ``max_density`` 0.3 / 0.15;
+- the peers' patterns (``xattn_video.patterns``), each sized to the largest that stays within density 0.3 and
+  0.15: a 3D sliding window (STA), SVG's per-head spatial-or-temporal choice by online profiling (its MSE
+  criterion on 64 sampled queries), Radial attention's energy-decay mask, and random blocks (the floor);
+- each with 0 / 10% / 20% of the steps dense.
+
+Per run: PSNR and SSIM of every video against its dense reference (mean over videos), the caption-following
+rate, the density after warmup, the attention time per step (CUDA events around each attention call, the
+mask's estimate or construction included) and the run's wall time. JSON after every run (a run cut short
+keeps what finished), then a Markdown table and a Pareto plot (density -> PSNR).
+
+    python benchmarks/bench_quality.py --out $OUT/quality           # GPU: 17 x 64 x 64 (17,408 tokens)
+    python benchmarks/bench_quality.py --toy --out /tmp/quality     # CPU smoke test of this script
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from xattn_video import XAttentionConfig, apply_xattention, remove_xattention  # noqa: E402
+from xattn_video.metrics.fidelity import ssim_per_frame  # noqa: E402
+from xattn_video.patterns import (SVG, Band, RandomSource, Radial, StaticSource, SVGSource, Temporal,  # noqa: E402
+                                  VideoLayout, Window3D, fit_density)
+from xattn_video.proxy.data import caption_split  # noqa: E402
+from xattn_video.proxy.follow import follows_caption  # noqa: E402
+from xattn_video.proxy.train import sample  # noqa: E402
+
+DENSITIES = (0.3, 0.15)
+
+
+@dataclass
+class Method:
+    name: str
+    family: str  # "xattention" or a peer's name: what the Pareto plot joins into one curve
+    config: dict  # XAttentionConfig fields
+    source: Callable | None = None
+    target: float | None = None  # the density it was sized for (None: its own)
+    note: str = ""
+    params: dict = field(default_factory=dict)
+
+
+def clip_psnr(ref: np.ndarray, test: np.ndarray) -> float:
+    mse = float(np.mean((ref.astype(np.float64) - test.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def build_methods(layout: VideoLayout, block: int, text: int, valid_text: int, toy: bool) -> list[Method]:
+    fit = {"text_tokens": text, "valid_text_tokens": valid_text}
+    methods: list[Method] = []
+    for stride in (8, 16) if not toy else (8,):
+        for tau in (0.8, 0.9, 0.95):
+            methods.append(Method(f"XAttention tau={tau} S={stride}", "xattention",
+                                  {"threshold": tau, "stride": stride}))
+    for d in DENSITIES:
+        methods.append(Method(f"XAttention tau=0.95 cap={d}", "xattention cap",
+                              {"threshold": 0.95, "stride": 8 if toy else 16, "max_density": d}, target=d))
+    peer_cfg = {"threshold": 0.5, "stride": 8}  # the source replaces the estimate; tau < 1 keeps the call sparse
+
+    def sized(make: Callable[[int], Any], d: float, lo: int = 0, hi: int | None = None) -> tuple[int, str]:
+        """The largest size within density ``d``, or the smallest one (said in a note) when none is."""
+        try:
+            return fit_density(make, layout, block, d, lo=lo, hi=hi, **fit)[0], ""
+        except ValueError:
+            return lo, "its smallest mask is denser than the target"
+
+    for d in DENSITIES:
+        r, note = sized(lambda r: Window3D((r, r, r)), d)
+        methods.append(Method(f"STA window r={r} @{d}", "STA (3D window)", peer_cfg,
+                              StaticSource(Window3D((r, r, r)), layout), d, note, {"radius": r}))
+        (rb, nb), (rt, nt) = sized(Band, d), sized(Temporal, d)
+        svg = SVG(Band(rb), Temporal(rt), samples=64 if not toy else 8, criterion="mse")
+        methods.append(Method(f"SVG band {rb} / temporal {rt} @{d}", "SVG (spatial/temporal)", peer_cfg,
+                              SVGSource(svg, layout), d, nb or nt, {"band": rb, "temporal": rt}))
+        p, note = sized(lambda p: Radial(decay=p / 64), d, lo=1, hi=256)  # decay in steps of 1/64
+        methods.append(Method(f"Radial decay={p / 64:.3f} @{d}", "Radial", peer_cfg,
+                              StaticSource(Radial(decay=p / 64), layout), d, note, {"decay": p / 64}))
+        methods.append(Method(f"random @{d}", "random", peer_cfg,
+                              RandomSource.for_density(d, layout, block, seed=0, **fit), d))
+    return methods
+
+
+def run(pipe: Any, captions: list[str], seeds: list[int], size: dict, steps: int, batch: int, config: XAttentionConfig | None,
+        source: Callable | None) -> tuple[list[np.ndarray], dict]:
+    """One batched generation: videos and what the runtime recorded (density, attention time)."""
+    runtime = apply_xattention(pipe, config, mask_source=source) if config is not None else None
+    try:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        videos = sample(pipe, captions, seeds, steps=steps, batch=batch, **size)
+        wall = time.perf_counter() - t0
+    finally:
+        if runtime is not None:
+            remove_xattention(pipe)
+    stats: dict[str, Any] = {"wall_s": wall}
+    if runtime is not None:
+        calls = runtime.record.calls  # the last batch's run (the record describes the latest run)
+        sparse = [c for c in calls if c.decision == "sparse"]
+        sparse_steps = {c.step for c in sparse}
+        stats.update(density=runtime.record.mean_density_after_warmup(),
+                     attention_s_per_sparse_step=(sum(c.time_s for c in sparse) / len(sparse_steps)
+                                                  if sparse_steps else None),
+                     reasons=runtime.record.counts())
+    return videos, stats
+
+
+def judge(refs: list[np.ndarray], videos: list[np.ndarray], captions: list[str]) -> dict:
+    psnr = [clip_psnr(r, v) for r, v in zip(refs, videos)]
+    ssim = [float(np.mean(ssim_per_frame(r, v))) for r, v in zip(refs, videos)]
+    follow = [follows_caption(v, c).followed for v, c in zip(videos, captions)]
+    finite = [p for p in psnr if math.isfinite(p)]
+    return {"psnr": float(np.mean(finite)) if finite else math.inf, "psnr_min": float(min(psnr)),
+            "ssim": float(np.mean(ssim)), "follow": float(np.mean(follow))}
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| method | warmup | density | PSNR dB | SSIM | follows | attention ms / step | run s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        att = r.get("attention_s_per_sparse_step")
+        lines.append(f"| {r['method']} | {r['warmup']:.0%} | {r['density']:.3f} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
+                     f"{r['follow']:.2f} | {'–' if att is None else f'{att * 1000:.1f}'} | {r['wall_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def pareto_plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    warmups = sorted({r["warmup"] for r in rows})
+    fig, axes = plt.subplots(1, len(warmups), figsize=(5 * len(warmups), 4), squeeze=False)
+    for ax, w in zip(axes[0], warmups):
+        for family in dict.fromkeys(r["family"] for r in rows):
+            pts = sorted((r["density"], r["psnr"]) for r in rows if r["warmup"] == w and r["family"] == family)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=family)
+        ax.set_title(f"{w:.0%} of steps dense")
+        ax.set_xlabel("density (fraction of blocks computed)")
+        ax.set_ylabel("PSNR vs dense (dB)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Proxy model trained here on procedural video (not HunyuanVideo's weights)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--model", default=None, help="a proxy folder (default: the embedded proxy)")
+    ap.add_argument("--prompts", type=int, default=16, help="held-out captions (>= 16)")
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmups", default="0.1,0,0.2", help="fractions of the steps run dense, in run order")
+    ap.add_argument("--budget-s", type=float, default=470.0, help="stop starting new runs after this long")
+    ap.add_argument("--toy", action="store_true", help="CPU smoke test: small video, few methods")
+    args = ap.parse_args(argv)
+
+    from xattn_video.pipelines.hunyuan_video import load_pipeline
+
+    t_start = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.toy else "cpu")
+    pipe = load_pipeline(args.model, device=device)
+    size = {"frames": 5, "height": 32, "width": 32} if args.toy else {"frames": 17, "height": 64, "width": 64}
+    block = 32 if args.toy else 128
+    steps = 3 if args.toy else args.steps
+    layout = VideoLayout(size["frames"], size["height"] // 2, size["width"] // 2)
+    _, held = caption_split()
+    warmups = [float(x) for x in args.warmups.split(",")]
+    if args.toy:
+        args.prompts, args.seeds, warmups = 2, 1, [0.1]
+    captions = [c for c in held[:args.prompts] for _ in range(args.seeds)]
+    seeds = [40_000 + i for i in range(len(captions))]
+    text = pipe.xattn_proxy_info.max_sequence_length
+    valid_text = len(pipe.tokenizer(held[0]).input_ids)  # every caption has five words: the same length
+    methods = build_methods(layout, block, text, valid_text, args.toy)
+    if args.toy:
+        methods = [m for m in methods if "@0.3" in m.name or m.family == "xattention cap" or "0.9 " in m.name]
+
+    refs, dense_stats = run(pipe, captions, seeds, size, steps, len(captions), None, None)
+    dense_follow = float(np.mean([follows_caption(v, c).followed for v, c in zip(refs, captions)]))
+    meta = {"model": args.model or "embedded proxy", "provenance": pipe.xattn_proxy_info.provenance,
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": " ".join(sys.argv),
+            "size": size, "video_tokens": layout.num_tokens, "text_tokens": text, "valid_text_tokens": valid_text,
+            "block_size": block, "steps": steps, "prompts": held[:args.prompts], "seeds_per_prompt": args.seeds,
+            "dense": {**dense_stats, "follow": dense_follow}}
+    for stride in (8, 16):  # untimed: kernel compilation and autotuning fall on no measured run
+        run(pipe, captions, seeds, size, 2, len(captions), XAttentionConfig(block_size=block, stride=stride,
+            threshold=0.9, warmup_steps=0), None)
+    rows: list[dict] = []
+    print(f"dense reference: {len(refs)} videos in {dense_stats['wall_s']:.1f} s, follows {dense_follow:.2f}")
+    stopped = None
+    for w in warmups:
+        for m in methods:
+            if time.perf_counter() - t_start > args.budget_s:
+                stopped = f"time budget {args.budget_s:.0f} s reached before {m.name} at warmup {w:.0%}"
+                break
+            cfg = XAttentionConfig(block_size=block, warmup_steps=round(w * steps), **m.config)
+            videos, stats = run(pipe, captions, seeds, size, steps, len(captions), cfg, m.source)
+            row = {"method": m.name, "family": m.family, "warmup": w, "target_density": m.target,
+                   "note": m.note, "params": m.params, **stats, **judge(refs, videos, captions)}
+            rows.append(row)
+            print(table([row]).splitlines()[-1], flush=True)
+            (out / "quality.json").write_text(json.dumps({"meta": meta, "rows": rows, "stopped": stopped},
+                                                         indent=1, default=str))
+        if stopped:
+            break
+    meta["seconds_total"] = time.perf_counter() - t_start
+    (out / "quality.json").write_text(json.dumps({"meta": meta, "rows": rows, "stopped": stopped}, indent=1,
+                                                 default=str))
+    (out / "quality.md").write_text(table(rows) + "\n")
+    pareto_plot(rows, out / "quality_pareto.png")
+    print(f"wrote {out / 'quality.json'}, quality.md, quality_pareto.png in {meta['seconds_total']:.0f} s"
+          + (f"; {stopped}" if stopped else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
