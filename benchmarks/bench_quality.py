@@ -99,8 +99,8 @@ def build_methods(layout: VideoLayout, block: int, text: int, valid_text: int, t
     return methods
 
 
-def run(pipe: Any, captions: list[str], seeds: list[int], size: dict, steps: int, batch: int, config: XAttentionConfig | None,
-        source: Callable | None) -> tuple[list[np.ndarray], dict]:
+def run(pipe: Any, captions: list[str], seeds: list[int], size: dict, steps: int, batch: int,
+        config: XAttentionConfig | None, source: Callable | None) -> tuple[list[np.ndarray], dict]:
     """One batched generation: videos and what the runtime recorded (density, attention time)."""
     runtime = apply_xattention(pipe, config, mask_source=source) if config is not None else None
     try:

@@ -139,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume:
         pipe = load_proxy(args.resume)
         previous = pipe.xattn_proxy_info.training
+        c = pipe.transformer.config
+        size = ProxySize(c.num_attention_heads, c.attention_head_dim, c.num_layers, c.num_single_layers,
+                         c.num_refiner_layers)
         s0, s1 = stages[0], stages[-1]
         stages = [Stage(frames=s0.frames, height=s0.height, width=s0.width, batch=s0.batch, lr=3e-4,
                         steps=None if not args.toy else 4, seconds=None if args.toy else args.resume_seconds,

@@ -43,3 +43,39 @@ def test_compare_patterns_tiny_smoke(tmp_path):
         if name.startswith(("window", "band", "temporal", "SVG")):  # sized by fit_density: within the budget
             assert r["density"] <= 0.3, name
     assert rows["oracle (true block mass, same selection)"]["rel_l2"] < 0.5  # it keeps most of the mass
+
+
+def test_train_proxy_toy_smoke(tmp_path):
+    """train_proxy.py end to end at toy size: trains, picks sampler settings, measures, writes a loadable folder."""
+    script = str(ROOT / "benchmarks" / "train_proxy.py")
+    proc = subprocess.run([sys.executable, script, "--toy", "--out", str(tmp_path)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "train_proxy.json").read_text())
+    assert report["provenance"].startswith("model trained here on procedural video")
+    assert len(report["train"]["losses"]) >= 1 and {"small", "large", "seen_small"} <= set(report["follow"])
+    c = report["concentration"]
+    assert 0 < c["oracle_density_90_mean"] <= 1 and len(c["oracle_density_90_per_layer"]) == 2
+    from xattn_video.proxy.model import load_proxy, read_info
+
+    info = read_info(tmp_path / "model")
+    assert info.defaults["num_inference_steps"] == 3 and info.training["seed"] == 0
+    assert load_proxy(tmp_path / "model").transformer.config.num_layers == 1
+
+
+def test_bench_quality_toy_smoke(tmp_path):
+    """bench_quality.py end to end at toy size on the embedded proxy: every family runs through the runtime."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_quality.py"), "--toy", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "quality.json").read_text())
+    assert "not HunyuanVideo's weights" in result["meta"]["provenance"]
+    families = {r["family"] for r in result["rows"]}
+    assert {"xattention", "xattention cap", "STA (3D window)", "SVG (spatial/temporal)", "Radial", "random"} <= families
+    for r in result["rows"]:
+        assert 0 < r["density"] <= 1 and r["psnr"] > 0 and 0 < r["ssim"] <= 1
+        assert r["reasons"].get("source", 0) + r["reasons"].get("estimated", 0) > 0, "sparse calls ran"
+    random_row = next(r for r in result["rows"] if r["family"] == "random")
+    assert abs(random_row["density"] - 0.3) < 0.05, "the random floor is sized to its target"
+    assert (tmp_path / "quality_pareto.png").stat().st_size > 0
+    assert "| method |" in (tmp_path / "quality.md").read_text()

@@ -1,4 +1,4 @@
-"""The text-to-video CLI on the embedded tiny model."""
+"""The text-to-video CLI: its machinery on the tiny random-weight model, its default on the embedded proxy."""
 
 import json
 import subprocess
@@ -13,8 +13,8 @@ from xattn_video.video_io import read_mp4
 
 def test_generate_writes_video_and_summary(tmp_path):
     out = tmp_path / "gen"
-    rc = main(["generate", "--prompt", "a red fox in the snow", "--frames", "9", "--height", "96", "--width", "128",
-               "--steps", "4", "--warmup", "1", "--out", str(out)])
+    rc = main(["generate", "--prompt", "a red fox in the snow", "--model", "tiny", "--frames", "9", "--height", "96",
+               "--width", "128", "--steps", "4", "--warmup", "1", "--out", str(out)])
     assert rc == 0
     frames = read_mp4(out / "video.mp4")
     assert frames.shape == (9, 96, 128, 3)
@@ -32,6 +32,25 @@ def test_generate_writes_video_and_summary(tmp_path):
     after = [d for row in density["per_step_layer"][1:] for d in row]
     assert density["mean_sparse_steps"] == pytest.approx(sum(after) / len(after))
     assert summary["wall_time_s"] > 0 and len(summary["timing"]["step_s"]) == 4
+
+
+def test_default_model_draws_what_the_caption_says(tmp_path):
+    """The embedded proxy (trained here on procedural video) at its default size and steps, as a new user runs
+    it: the red object's centroid moves right over the frames."""
+    from xattn_video.proxy.follow import colour_centroids, follows_caption
+
+    out = tmp_path / "gen"
+    assert main(["generate", "--prompt", "a red circle moving right", "--out", str(out)]) == 0
+    frames = read_mp4(out / "video.mp4") / 255.0
+    assert frames.shape == (9, 32, 32, 3)
+    xs = [c[0] for c in colour_centroids(frames, "red") if c is not None]
+    assert len(xs) == 9, "the red object is visible in every frame"
+    assert xs[-1] - xs[0] > 0.2 and sum(b > a for a, b in zip(xs, xs[1:])) >= 6, xs
+    assert follows_caption(frames, "a red circle moving right").followed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == "proxy" and summary["num_inference_steps"] == 20
+    assert summary["config"]["op"]["block_size"] == 64, "the proxy's preset, proxy_cpu"
+    assert 0 < summary["density"]["mean_sparse_steps"] < 1, "XAttention skipped blocks after the warmup"
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,8 @@ Native (works with ComfyUI's own HunyuanVideo loader, sampler and VAE nodes):
 
 - ``XAttentionHunyuanVideo``: MODEL -> patched MODEL clone (joint attention of double/single blocks via XAttention).
 
-Pipeline (self-contained: diffusers HunyuanVideo from a local folder, or the embedded tiny random-weight model):
+Pipeline (self-contained: diffusers HunyuanVideo from a local folder, or the embedded proxy model, trained here on
+procedural video):
 
 - ``XAttentionLoadPipeline`` -> ``XATTN_PIPE``
 - ``XAttentionConfig`` -> ``XATTN_CONFIG``
@@ -206,30 +207,35 @@ def _to_image(video: Any) -> torch.Tensor:
 
 def _video_inputs() -> dict[str, Any]:
     return {
-        "prompt": ("STRING", {"multiline": True, "default": "a red fox walks through fresh snow",
-                              "tooltip": "Text prompt."}),
-        "num_frames": ("INT", {"default": 17, "min": 1, "max": 257, "step": 4,
+        "prompt": ("STRING", {"multiline": True, "default": "a red circle moving right",
+                              "tooltip": "Text prompt. The proxy knows 'a {colour} {shape} moving {direction}'."}),
+        "num_frames": ("INT", {"default": 9, "min": 1, "max": 257, "step": 4,
                                "tooltip": "Frames, 4k+1 (HunyuanVideo's VAE compresses time by 4). 129 at 720p."}),
-        "height": ("INT", {"default": 128, "min": 16, "max": 2048, "step": 16, "tooltip": "Multiple of 16."}),
-        "width": ("INT", {"default": 128, "min": 16, "max": 2048, "step": 16, "tooltip": "Multiple of 16."}),
-        "steps": ("INT", {"default": 8, "min": 1, "max": 200, "tooltip": "Denoising steps."}),
+        "height": ("INT", {"default": 32, "min": 16, "max": 2048, "step": 16,
+                           "tooltip": "Multiple of 16 (the proxy's default: 32)."}),
+        "width": ("INT", {"default": 32, "min": 16, "max": 2048, "step": 16,
+                          "tooltip": "Multiple of 16 (the proxy's default: 32)."}),
+        "steps": ("INT", {"default": 20, "min": 1, "max": 200, "tooltip": "Denoising steps."}),
         "seed": ("INT", {"default": 0, "min": 0, "max": 2**32 - 1, "control_after_generate": True,
                          "tooltip": "Noise seed."}),
     }
 
 
 class XAttentionLoadPipeline:
-    """Load the add-on's diffusers HunyuanVideo pipeline: a local diffusers folder, or "tiny"."""
+    """Load the add-on's diffusers HunyuanVideo pipeline: a local diffusers folder, "proxy" or "tiny"."""
 
     DESCRIPTION = ("Loads a diffusers HunyuanVideo pipeline from a local folder (model_index.json plus "
-                   "transformer, vae, text_encoder(_2), tokenizer(_2), scheduler), or 'tiny': an embedded "
-                   "random-weight model for trying the nodes on a CPU. Nothing is downloaded.")
+                   "transformer, vae, text_encoder(_2), tokenizer(_2), scheduler), or 'proxy': the embedded small "
+                   "HunyuanVideo transformer trained by xattn-video on procedural video (prompts like 'a red "
+                   "circle moving right', 9 x 32 x 32, seconds on a CPU), or 'tiny': random weights, for tests. "
+                   "Nothing is downloaded.")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
-            "model": ("STRING", {"default": "tiny", "tooltip": "'tiny', or the path of a local diffusers "
-                                                              "HunyuanVideo folder."}),
+            "model": ("STRING", {"default": "proxy", "tooltip": "'proxy' (embedded, trained on procedural "
+                                                               "video), 'tiny' (random weights), or the path of "
+                                                               "a local diffusers HunyuanVideo folder."}),
             "device": (list(DEVICES), {"default": "auto", "tooltip": "auto = cuda when available."}),
             "dtype": (list(DTYPES), {"default": "auto", "tooltip": "auto = bfloat16 on cuda, float32 on cpu."}),
         }}
@@ -244,7 +250,7 @@ class XAttentionLoadPipeline:
 
         if device not in DEVICES:
             raise ValueError(f"device={device!r} is not one of {DEVICES}")
-        name = model.strip() or "tiny"
+        name = model.strip() or "proxy"
         pipe = load_pipeline(name, device=None if device == "auto" else device, dtype=_dtype(dtype))
         return (XAttnPipe(pipe=pipe, model=name),)
 

@@ -167,7 +167,8 @@ def _shape_mask(shape: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, r: torc
     # equilateral-ish triangle pointing up: three half-planes
     tri = torch.maximum(torch.maximum(-dy - 0.7, 0.866 * dx + 0.5 * dy - 0.45), -0.866 * dx + 0.5 * dy - 0.45)
     diamond = (dx.abs() + dy.abs()) - 1.05
-    cross = torch.minimum(torch.maximum(dx.abs() - 1.0, dy.abs() - 0.33), torch.maximum(dx.abs() - 0.33, dy.abs() - 1.0))
+    cross = torch.minimum(torch.maximum(dx.abs() - 1.0, dy.abs() - 0.33),
+                          torch.maximum(dx.abs() - 0.33, dy.abs() - 1.0))
     sdf = torch.stack([circle, square, tri, diamond, cross])  # [5, ...] in units of r
     idx = shape.expand(sdf.shape[1:])[None].long()
     d = torch.gather(sdf, 0, idx)[0] * r

@@ -2,8 +2,8 @@
 
 Measured on decoded frames: pixels close to the caption's colour form a mask; its centroid is averaged over the
 first two and the last two frames. The video follows ``"a {colour} {shape} moving {direction}"`` when that
-colour is visible as one compact object (in at least half of the frames) and its centroid moves at least ``min_move`` of the frame
-along the captioned direction, more than it moves across it. Shape is not judged.
+colour is visible as one compact object (in at least half of the frames) and its centroid moves at least
+``min_move`` of the frame along the captioned direction, more than it moves across it. Shape is not judged.
 
 Example::
 

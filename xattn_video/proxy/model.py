@@ -2,8 +2,8 @@
 diffusers ``HunyuanVideoPipeline`` folder.
 
 The text side: a word-level tokenizer over the caption vocabulary, a 2-layer Llama whose token embeddings
-(the hidden state the pipeline reads, two layers before the last) carry one learned-free random vector per word,
-and a 1-layer CLIP for the pooled vector. Both text encoders keep their random weights (fixed by the seed); the
+(the hidden state the pipeline reads, two layers before the last) give each word a fixed random vector, and a
+1-layer CLIP for the pooled vector. Both text encoders keep their random weights (fixed by the seed); the
 transformer's own token refiner learns to read them. The latent side: pixels (``PixelVAE``), patchified 2x2 by
 the transformer, so a 17 x 64 x 64 video is 17 x 32 x 32 = 17,408 video tokens.
 
@@ -117,7 +117,8 @@ def proxy_components(seed: int = 0, size: ProxySize = ProxySize(), scheduler_shi
         pad_token_id=ids["<pad>"], bos_token_id=ids["<bos>"], eos_token_id=ids["<eos>"],
     ))
     return {
-        "transformer": transformer, "vae": PixelVAE(), "scheduler": FlowMatchEulerDiscreteScheduler(shift=scheduler_shift),
+        "transformer": transformer, "vae": PixelVAE(),
+        "scheduler": FlowMatchEulerDiscreteScheduler(shift=scheduler_shift),
         "text_encoder": text_encoder.eval().requires_grad_(False), "tokenizer": tokenizer,
         "text_encoder_2": text_encoder_2.eval().requires_grad_(False), "tokenizer_2": word_tokenizer(),
     }
