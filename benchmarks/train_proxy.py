@@ -167,20 +167,20 @@ def main(argv: list[str] | None = None) -> int:
     best = max(picks, key=lambda p: (p["val_follow"], -p["cfg"], -p["shift"]))
     set_shift(pipe, best["shift"])
 
-    report: dict[str, Any] = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.machine(),
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else platform.machine()
+    report: dict[str, Any] = {"device": device_name,
                               "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
                               "provenance": "model trained here on procedural video; not HunyuanVideo's weights",
                               "params": sum(p.numel() for p in pipe.transformer.parameters()),
                               "size": vars(size), "stages": [vars(s) for s in stages],
                               "train": log.as_dict(), "sampler_choice": picks, "chosen": best}
     follow = {}
-    for name, sz, seeds in (("small", small, 2), ("large", large, 1)):
+    for name, sz, seeds, n_steps in (("small", small, 2, steps), ("large", large, 1, 30)):
         caps = [c for c in held for _ in range(seeds)]
         seed_list = [20_000 + i for i in range(len(caps))]
         t0 = time.perf_counter()
-        vids = sample(pipe, caps, seed_list, steps=steps if name == "small" else 30, cfg=best["cfg"], **sz)
-        follow[name] = {**sz, "steps": steps if name == "small" else 30, "seconds": time.perf_counter() - t0,
-                        **follow_table(vids, caps)}
+        vids = sample(pipe, caps, seed_list, steps=n_steps, cfg=best["cfg"], **sz)
+        follow[name] = {**sz, "steps": n_steps, "seconds": time.perf_counter() - t0, **follow_table(vids, caps)}
         print(f"held-out following at {sz}: {follow[name]['rate']:.2f} of {len(caps)}")
     seen_vids = sample(pipe, val, [30_000 + i for i in range(len(val))], steps=steps, cfg=best["cfg"], **small)
     follow["seen_small"] = follow_table(seen_vids, val)
@@ -193,14 +193,14 @@ def main(argv: list[str] | None = None) -> int:
           f"XAttention tau=0.9 keeps {c['xattn_tau09_density_mean']:.3f}")
 
     pipe.to(torch.float32)
-    info = ProxyInfo(guidance_scale=6.0, training={"seed": args.seed, "stages": [vars(s) for s in stages],
-                                                  "final_loss": log.losses[-1], "seconds": log.seconds,
-                                                  "device": report["device"], "date": report["date"],
-                                                  "continued_from": previous})
-    info.defaults = {**{"num_frames": small["frames"], "height": small["height"], "width": small["width"]},
-                     "num_inference_steps": steps}
-    if best["cfg"] > 1.0:
-        info.true_cfg_scale = best["cfg"]
+    info = ProxyInfo(
+        true_cfg_scale=best["cfg"],
+        defaults={"num_frames": small["frames"], "height": small["height"], "width": small["width"],
+                  "num_inference_steps": steps},
+        training={"seed": args.seed, "stages": [vars(s) for s in stages], "final_loss": log.losses[-1],
+                  "seconds": log.seconds, "device": report["device"], "date": report["date"],
+                  "continued_from": previous},
+    )
     pipe.xattn_proxy_info = info
     save_proxy(pipe, out / "model")
     report["seconds_total"] = time.perf_counter() - t_start
