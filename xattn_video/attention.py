@@ -147,6 +147,7 @@ def xattention(
                 max_density=config.max_density,
                 global_start=global_start if config.keep_text else None,
                 backend=backend,
+                sink_aware=config.sink_aware,
             )
     out = block_sparse_attention(q, k, v, mask, backend, 1.0 / math.sqrt(q.shape[-1]))
     return out, mask

@@ -60,6 +60,9 @@ class OpConfig:
         keep_text: text (global) tokens: their keys are always kept and their queries attend densely.
         keep_diagonal: always keep the diagonal block of each query-block row.
         max_density: optional cap in (0, 1] on the fraction of key blocks kept per query-block row.
+        sink_aware: average the antidiagonal-mean estimate with a max-logit one, so that keys few queries
+            attend to strongly (sinks) are not underrated (see ``strided_block_scores_reference``). Off by
+            default until the GPU benchmark judges it.
         backend: "triton" (CUDA kernels), "reference" (plain PyTorch) or "auto" (triton on CUDA).
         allow_fallback: with backend="triton", run the reference (logged once) instead of failing when the
             Triton path cannot run.
@@ -75,6 +78,7 @@ class OpConfig:
     keep_text: bool = True
     keep_diagonal: bool = True
     max_density: float | None = None
+    sink_aware: bool = False
     backend: str = "auto"
     allow_fallback: bool = False
 
@@ -86,6 +90,8 @@ class OpConfig:
             raise ValueError(
                 f"stride={self.stride} must be >= 1 and divide block_size={self.block_size} (e.g. 8 or 16 for 128)"
             )
+        if not isinstance(self.sink_aware, bool):
+            raise ValueError(f"sink_aware={self.sink_aware!r} must be true or false")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend={self.backend!r} is not one of {BACKENDS}")
         if self.max_density is not None:

@@ -7,6 +7,7 @@ Example::
 
     scores = block_scores(q, k, block_size=128, stride=16)              # [B, H, QB, KB] float32
     mask = select_blocks(scores, 0.9, block_size=128, q_len=q.shape[2])  # fewest blocks reaching 90% mass
+    scores = block_scores(q, k, 128, 16, sink_aware=True)                # also see keys few queries favour
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ def block_scores(
     stride: int,
     kv_len: torch.Tensor | None = None,
     backend: str = "reference",
+    *,
+    sink_aware: bool = False,
 ) -> torch.Tensor:
-    """XAttention's strided antidiagonal estimate, ``[B, H, QB, KB]`` float32 (see the reference twin)."""
-    return kernel("scores", backend)(q, k, block_size, stride, kv_len)
+    """XAttention's strided antidiagonal estimate, ``[B, H, QB, KB]`` float32 (see the reference twin);
+    ``sink_aware`` averages it with the max-logit estimate that does not underrate sinks."""
+    return kernel("scores", backend)(q, k, block_size, stride, kv_len, sink_aware=sink_aware)
 
 
 def select_blocks(
@@ -64,9 +68,10 @@ def estimate_mask(
     max_density: float | None = None,
     global_start: int | None = None,
     backend: str = "reference",
+    sink_aware: bool = False,
 ) -> BlockSparseMask:
     """Estimate block scores from q, k and select the mask in one call."""
-    scores = block_scores(q, k, block_size, stride, kv_len, backend)
+    scores = block_scores(q, k, block_size, stride, kv_len, backend, sink_aware=sink_aware)
     if kv_len is None:
         kv_len = torch.full((q.shape[0],), k.shape[2], dtype=torch.long, device=q.device)
     return select_blocks(

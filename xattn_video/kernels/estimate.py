@@ -25,11 +25,11 @@ from .block_sparse_attention import DTYPES, LOG2E, check_interpreter, interpreti
 
 
 @triton.jit
-def _est_partial(Q, K, KVLEN, PART, MT, MS, LS, qk_scale,
+def _est_partial(Q, K, KVLEN, PART, MT, MS, LS, qk_scale, PART2, MT2, MS2, LS2, sink_scale,
                  s_qb, s_qh, s_qn, s_qd, s_kb, s_kh, s_kn, s_kd,
                  H, N_Q, NQS, KB, NT, NSPLIT, TILES_PER_SPLIT,
                  S: tl.constexpr, R: tl.constexpr, HEAD_DIM: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINK: tl.constexpr):
     # split fastest: neighbouring programs share the same Q rows, which then stay in L2
     pid_s = tl.program_id(0)
     pid_m = tl.program_id(1)
@@ -49,9 +49,12 @@ def _est_partial(Q, K, KVLEN, PART, MT, MS, LS, qk_scale,
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m2_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # the sink pass's (m, l): max logits
+    l2_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     for t in range(t0, t1):
         offs_j = t * BLOCK_N + tl.arange(0, BLOCK_N)  # strided columns
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        mx = tl.full([BLOCK_M, BLOCK_N], float("-inf"), dtype=tl.float32)
         for c in range(S):
             # antidiagonal of each S x S sub-block: query row iS + S-1-c meets key row jS + c
             q_rows = offs_m * S + (S - 1 - c)
@@ -60,7 +63,12 @@ def _est_partial(Q, K, KVLEN, PART, MT, MS, LS, qk_scale,
                          other=0.0)
             kc = tl.load(k_base + k_rows[None, :] * s_kn + offs_d[:, None] * s_kd, mask=k_rows[None, :] < kv_len,
                          other=0.0)
-            acc = tl.dot(qc, kc, acc)
+            if SINK:  # the same loads give each sub-block's largest antidiagonal product too
+                dc = tl.dot(qc, kc)
+                acc += dc
+                mx = tl.maximum(mx, dc)
+            else:
+                acc = tl.dot(qc, kc, acc)
         # this split's first tile holds a valid column, so m_new is finite from the first tile on
         acc = tl.where(offs_j[None, :] < n_cols, acc * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(acc, 1))
@@ -73,9 +81,22 @@ def _est_partial(Q, K, KVLEN, PART, MT, MS, LS, qk_scale,
         tl.store(PART + (bh * NQS + offs_m[:, None]) * KB + offs_kb[None, :], blk,
                  mask=row_ok[:, None] & (offs_kb[None, :] < KB))
         tl.store(MT + (bh * NQS + offs_m) * NT + t, m_new, mask=row_ok)
+        if SINK:  # the same online softmax over the max logits, into the second set of buffers
+            mx = tl.where(offs_j[None, :] < n_cols, mx * sink_scale, float("-inf"))
+            m2_new = tl.maximum(m2_i, tl.max(mx, 1))
+            p2 = tl.math.exp2(mx - m2_new[:, None])
+            l2_i = l2_i * tl.math.exp2(m2_i - m2_new) + tl.sum(p2, 1)
+            m2_i = m2_new
+            blk2 = tl.sum(tl.reshape(p2, [BLOCK_M, KBT, R]), 2)
+            tl.store(PART2 + (bh * NQS + offs_m[:, None]) * KB + offs_kb[None, :], blk2,
+                     mask=row_ok[:, None] & (offs_kb[None, :] < KB))
+            tl.store(MT2 + (bh * NQS + offs_m) * NT + t, m2_new, mask=row_ok)
     row_ok = offs_m < NQS
     tl.store(MS + (bh * NQS + offs_m) * NSPLIT + pid_s, m_i, mask=row_ok)
     tl.store(LS + (bh * NQS + offs_m) * NSPLIT + pid_s, l_i, mask=row_ok)
+    if SINK:
+        tl.store(MS2 + (bh * NQS + offs_m) * NSPLIT + pid_s, m2_i, mask=row_ok)
+        tl.store(LS2 + (bh * NQS + offs_m) * NSPLIT + pid_s, l2_i, mask=row_ok)
 
 
 @triton.jit
@@ -134,6 +155,7 @@ def strided_block_scores_triton(
     stride: int,
     kv_len: torch.Tensor | None = None,
     scale: float | None = None,
+    sink_aware: bool = False,
     *,
     block_m: int | None = None,
     block_n: int | None = None,
@@ -146,7 +168,8 @@ def strided_block_scores_triton(
     q ``[B, H, N, D]``, k ``[B, H, N_k, D]`` (any strides), float16 / bfloat16 / float32. ``block_size //
     stride`` must be a power of two. ``block_m`` / ``block_n`` (strided rows / columns per tile) and
     ``num_splits`` (column splits per row tile), ``num_warps`` and ``num_stages`` override the tuned
-    defaults (tests and tuning sweeps use them).
+    defaults (tests and tuning sweeps use them). ``sink_aware`` adds the max-logit pass in the same loop (no
+    extra loads; see the twin) and averages the two distributions.
     """
     b, h, n, d = q.shape
     n_k = k.shape[2]
@@ -188,16 +211,22 @@ def strided_block_scores_triton(
     m_tile = torch.empty((b * h, nqs, nt), dtype=torch.float32, device=dev)
     m_split = torch.empty((b * h, nqs, num_splits), dtype=torch.float32, device=dev)
     l_split = torch.empty_like(m_split)
-    out = torch.empty((b, h, qb, kb), dtype=torch.float32, device=dev)
-    args = (q, k, kv, part, m_tile, m_split, l_split, scale / stride * LOG2E, *q.stride(), *k.stride(),
-            h, n, nqs, kb, nt, num_splits, tiles_per_split)
+    # the sink pass has its own partials and (m, l); without it the first set stands in (never written)
+    sink = (torch.empty_like(part), torch.empty_like(m_tile), torch.empty_like(m_split),
+            torch.empty_like(l_split)) if sink_aware else (part, m_tile, m_split, l_split)
+    args = (q, k, kv, part, m_tile, m_split, l_split, scale / stride * LOG2E, *sink, scale * LOG2E,
+            *q.stride(), *k.stride(), h, n, nqs, kb, nt, num_splits, tiles_per_split)
     grid = (num_splits, n_row_tiles, b * h)
-    meta = dict(S=stride, R=r, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn)
+    meta = dict(S=stride, R=r, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, SINK=bool(sink_aware))
     if interp:
         _est_partial[grid](*args, **meta)
     else:
         _launch_gpu(grid, args, meta, num_warps, num_stages)
-    _est_finish[(nt, qb, b * h)](
-        part, m_tile, m_split, l_split, kv, out, h, n, nqs, qb, kb, nt, num_splits,
-        S=stride, R=r, BS=block_size, KBT=bn // r, NSPLIT_P2=triton.next_power_of_2(num_splits))
-    return out
+    outs = []
+    for buffers in ((part, m_tile, m_split, l_split), sink) if sink_aware else ((part, m_tile, m_split, l_split),):
+        out = torch.empty((b, h, qb, kb), dtype=torch.float32, device=dev)
+        _est_finish[(nt, qb, b * h)](
+            *buffers, kv, out, h, n, nqs, qb, kb, nt, num_splits,
+            S=stride, R=r, BS=block_size, KBT=bn // r, NSPLIT_P2=triton.next_power_of_2(num_splits))
+        outs.append(out)
+    return outs[0] if len(outs) == 1 else 0.5 * (outs[0] + outs[1])

@@ -50,6 +50,7 @@ def strided_block_scores_reference(
     stride: int,
     kv_len: torch.Tensor | None = None,
     scale: float | None = None,
+    sink_aware: bool = False,
 ) -> torch.Tensor:
     """XAttention's estimate: ``[B, H, QB, KB]`` float32 block scores.
 
@@ -58,6 +59,11 @@ def strided_block_scores_reference(
     softmaxed per strided query row over the strided key columns that hold a valid key, and the
     probabilities are summed per ``block_size`` block. Padded keys are zeroed and strided rows made only of
     padded queries count zero, so each row of the result sums to the number of real strided rows it holds.
+
+    ``sink_aware``: the mean of S logits underrates a key that one query of the group attends to strongly
+    (a sink). Beside the mean, the *largest* antidiagonal logit of each sub-block (scaled by ``scale``, not
+    ``scale / S``) is softmaxed the same way, and the score is the average of the two distributions (row sums
+    unchanged). Padded tokens count as zero vectors in both, as in the mean.
     """
     b, h, n, d = q.shape
     n_k = k.shape[2]
@@ -67,18 +73,30 @@ def strided_block_scores_reference(
     qp = _pad_tokens(q.float(), qb * block_size)
     kp = _pad_tokens(k.float(), kb * block_size)
     kp = kp * (torch.arange(kb * block_size, device=q.device)[None, :] < kv_len[:, None])[:, None, :, None]
-    # q_r[i] = concat_c Q[iS + S-1-c];  k_r[j] = concat_c K[jS + c]
-    q_r = qp.unflatten(2, (-1, stride)).flip(3).flatten(3)
-    k_r = kp.unflatten(2, (-1, stride)).flatten(3)
-    col_valid = (torch.arange(k_r.shape[2], device=q.device)[None, :] * stride < kv_len[:, None])  # [B, Nk/S]
-    row_valid = torch.arange(q_r.shape[2], device=q.device) * stride < n  # [Nq/S]
+    col_valid = (torch.arange(kb * block_size // stride, device=q.device)[None, :] * stride
+                 < kv_len[:, None])  # [B, Nk/S]
+    row_valid = torch.arange(qb * block_size // stride, device=q.device) * stride < n  # [Nq/S]
+    r = block_size // stride
+
+    def blocks(logits: torch.Tensor) -> torch.Tensor:  # [B, Nq/S, Nk/S] -> [B, QB, KB]
+        p = logits.masked_fill(~col_valid[:, None, :], float("-inf")).softmax(-1) * row_valid[None, :, None]
+        return p.unflatten(-1, (kb, r)).sum(-1).unflatten(-2, (qb, r)).sum(-2)
+
     out = torch.empty(b, h, qb, kb, dtype=torch.float32, device=q.device)
-    for hi in range(h):  # one head at a time keeps the (N/S)^2 logits small
-        logits = q_r[:, hi] @ k_r[:, hi].transpose(-1, -2) * (scale / stride)
-        logits = logits.masked_fill(~col_valid[:, None, :], float("-inf"))
-        p = logits.softmax(-1) * row_valid[None, :, None]
-        r = block_size // stride
-        out[:, hi] = p.unflatten(-1, (kb, r)).sum(-1).unflatten(-2, (qb, r)).sum(-2)
+    if not sink_aware:
+        # q_r[i] = concat_c Q[iS + S-1-c];  k_r[j] = concat_c K[jS + c]: one GEMM sums the antidiagonal
+        q_r = qp.unflatten(2, (-1, stride)).flip(3).flatten(3)
+        k_r = kp.unflatten(2, (-1, stride)).flatten(3)
+        for hi in range(h):  # one head at a time keeps the (N/S)^2 logits small
+            out[:, hi] = blocks(q_r[:, hi] @ k_r[:, hi].transpose(-1, -2) * (scale / stride))
+        return out
+    for hi in range(h):
+        total = mx = None
+        for c in range(stride):  # one GEMM per antidiagonal position: its sum and its max
+            dots = qp[:, hi, stride - 1 - c::stride] @ kp[:, hi, c::stride].transpose(-1, -2)
+            total = dots if total is None else total + dots
+            mx = dots if mx is None else torch.maximum(mx, dots)
+        out[:, hi] = 0.5 * (blocks(total * (scale / stride)) + blocks(mx * scale))
     return out
 
 
