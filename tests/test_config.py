@@ -8,10 +8,12 @@ from xattn_video import OpConfig, ScheduleConfig, XAttentionConfig
 def test_yaml_round_trip(tmp_path):
     cfg = XAttentionConfig(block_size=64, stride=8, threshold={"default": 0.9, "layers": {3: 0.95},
                                                                  "heads": {5: [0.8, 0.99]}},
-                           warmup_steps=3, dense_layers=(0, 1), max_density=0.3, mask_reuse_steps=2)
+                           warmup_steps=3, dense_layers=(0, 1), max_density=0.3, mask_reuse_steps=2,
+                           sink_aware=True)
     cfg.save(tmp_path / "c.yaml")
     again = XAttentionConfig.load(tmp_path / "c.yaml")
     assert again == cfg
+    assert again.op.sink_aware is True and XAttentionConfig().op.sink_aware is False
     assert again.threshold_for(3, 2) == 0.95
     assert again.threshold_for(5, 2) == [0.8, 0.99]
     assert again.threshold_for(0, 2) == 0.9
@@ -40,6 +42,7 @@ def test_nested_section_and_unknown_keys(tmp_path):
         ({"warmup_steps": -1}, "warmup_steps=-1 must be >= 0"),
         ({"max_density": 0}, r"max_density=0 is out of range: accepted \(0, 1\] or None"),
         ({"backend": "cuda"}, "backend='cuda' is not one of"),
+        ({"sink_aware": "yes"}, "sink_aware='yes' must be true or false"),
         ({"dense_layers": (1, -2)}, "dense_layers=.* must be non-negative"),
         ({"mask_reuse_steps": 0}, "mask_reuse_steps=0 must be >= 1"),
     ],

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from xattn_video.config import ceil_div
-from xattn_video.estimate import select_blocks
+from xattn_video.estimate import estimate_mask, select_blocks
 from xattn_video.kernels.reference import antidiagonal_block_scores, strided_block_scores_reference
+from xattn_video.patterns.scores import exact_block_scores
+from xattn_video.synthetic import planted_sink
 
 
 def test_seed_worked_example():
@@ -15,8 +17,9 @@ def test_seed_worked_example():
     assert torch.allclose(antidiagonal_block_scores(a, 2), torch.tensor([[0.5, 0.5], [0.4, 0.6]]))
 
 
-def brute_force_scores(q, k, block_size, stride, kv_len):
-    """Full logits, explicit antidiagonal sums, masked softmax, explicit block sums (loops, no reshapes)."""
+def brute_force_scores(q, k, block_size, stride, kv_len, sink_aware=False):
+    """Full logits, explicit antidiagonal sums, masked softmax, explicit block sums (loops, no reshapes).
+    ``sink_aware``: also the softmax of each sub-block's largest antidiagonal logit; the mean of the two."""
     b, h, n, d = q.shape
     n_k = k.shape[2]
     qb, kb = ceil_div(n, block_size), ceil_div(n_k, block_size)
@@ -31,19 +34,23 @@ def brute_force_scores(q, k, block_size, stride, kv_len):
             kp[: int(kv_len[bi])] = k[bi, hi, : int(kv_len[bi])].double()
             full = qp @ kp.T
             anti = torch.zeros(rows, cols, dtype=torch.float64)
+            peak = torch.zeros(rows, cols, dtype=torch.float64)
             for i in range(rows):
                 for j in range(cols):
-                    anti[i, j] = sum(full[i * stride + stride - 1 - c, j * stride + c] for c in range(stride))
-            logits = anti / math.sqrt(d) / stride
-            for j in range(cols):
-                if j * stride >= int(kv_len[bi]):
-                    logits[:, j] = float("-inf")
-            p = logits.softmax(-1)
-            for i in range(rows):
-                if i * stride >= n:
-                    continue
+                    diag = [full[i * stride + stride - 1 - c, j * stride + c] for c in range(stride)]
+                    anti[i, j] = sum(diag)
+                    peak[i, j] = max(diag)
+            estimates = [anti / math.sqrt(d) / stride] + ([peak / math.sqrt(d)] if sink_aware else [])
+            for logits in estimates:
                 for j in range(cols):
-                    out[bi, hi, i * stride // block_size, j * stride // block_size] += p[i, j]
+                    if j * stride >= int(kv_len[bi]):
+                        logits[:, j] = float("-inf")
+                p = logits.softmax(-1) / len(estimates)
+                for i in range(rows):
+                    if i * stride >= n:
+                        continue
+                    for j in range(cols):
+                        out[bi, hi, i * stride // block_size, j * stride // block_size] += p[i, j]
     return out
 
 
@@ -56,18 +63,35 @@ def brute_force_scores(q, k, block_size, stride, kv_len):
         (1, 3, 37, 8, 2, [20]),  # small blocks, padded keys
     ],
 )
-def test_strided_estimate_equals_brute_force(b, h, n, block, stride, kv_len):
+@pytest.mark.parametrize("sink_aware", [False, True])
+def test_strided_estimate_equals_brute_force(b, h, n, block, stride, kv_len, sink_aware):
     g = torch.Generator().manual_seed(n * 31 + block)
-    q = torch.randn(b, h, n, 16, generator=g)
+    q = 2 * torch.randn(b, h, n, 16, generator=g)  # peaked rows: the max and the mean estimates differ
     k = torch.randn(b, h, n, 16, generator=g)
     kvl = torch.tensor(kv_len if kv_len else [n] * b)
-    got = strided_block_scores_reference(q, k, block, stride, kvl if kv_len else None)
-    want = brute_force_scores(q, k, block, stride, kvl)
+    got = strided_block_scores_reference(q, k, block, stride, kvl if kv_len else None, sink_aware=sink_aware)
+    want = brute_force_scores(q, k, block, stride, kvl, sink_aware)
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
     # blocks made only of padded keys score zero
     for bi in range(b):
         first_pad_block = ceil_div(int(kvl[bi]), block)
         assert torch.all(got[bi, :, :, first_pad_block:] == 0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sink_aware_estimate_keeps_a_planted_sink_the_mean_drops(seed):
+    q, k, sink_block = planted_sink(seed=seed)
+    true = exact_block_scores(q, k, 32)[0, 0, 1]
+    true = true / true.sum()
+    assert true[sink_block] > 0.1, "the planted sink holds a real share of the row's mass"
+    kept = {}
+    for sink_aware in (False, True):
+        mask = estimate_mask(q, k, block_size=32, stride=8, threshold=0.9, keep_diagonal=False,
+                             sink_aware=sink_aware)
+        row = mask.to_dense()[0, 0, 1]
+        kept[sink_aware] = (bool(row[sink_block]), float(true[row].sum()))
+    assert kept[False][0] is False and kept[False][1] < 0.9  # the mean underrates the sink: tau missed
+    assert kept[True][0] is True and kept[True][1] >= 0.9
 
 
 def _random_scores(b, h, qb, kb, seed):

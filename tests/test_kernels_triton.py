@@ -11,7 +11,7 @@ from xattn_video.estimate import estimate_mask
 from xattn_video.kernels.block_sparse_attention import block_sparse_attention_triton
 from xattn_video.kernels.estimate import strided_block_scores_triton
 from xattn_video.kernels.reference import block_sparse_attention_reference, strided_block_scores_reference
-from xattn_video.synthetic import video_qkv
+from xattn_video.synthetic import planted_sink, video_qkv
 
 TOL = {torch.float32: 1e-4, torch.float16: 3e-3}
 
@@ -95,16 +95,18 @@ EST_CASES = [
 ]
 
 
+@pytest.mark.parametrize("sink_aware", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("bs,stride,n,n_k,d,h,bm,bn,splits", EST_CASES)
-def test_strided_block_scores_match_reference(bs, stride, n, n_k, d, h, bm, bn, splits, dtype):
-    gen = torch.Generator().manual_seed(bs * stride + n + d)
+def test_strided_block_scores_match_reference(bs, stride, n, n_k, d, h, bm, bn, splits, dtype, sink_aware):
+    gen = torch.Generator().manual_seed(bs * stride + n + d + sink_aware)
     b = 2
     q = (2 * torch.randn(b, h, n, d, generator=gen)).to(dtype)  # peaked softmax rows
     k = (2 * torch.randn(b, h, n_k, d, generator=gen)).to(dtype)
     kv_len = torch.tensor([n_k, n_k - 37])
-    out = strided_block_scores_triton(q, k, bs, stride, kv_len, block_m=bm, block_n=bn, num_splits=splits)
-    ref = strided_block_scores_reference(q, k, bs, stride, kv_len)
+    out = strided_block_scores_triton(q, k, bs, stride, kv_len, sink_aware=sink_aware, block_m=bm, block_n=bn,
+                                      num_splits=splits)
+    ref = strided_block_scores_reference(q, k, bs, stride, kv_len, sink_aware=sink_aware)
     assert out.dtype == torch.float32 and out.shape == ref.shape
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
     # blocks of padded keys score exactly 0
@@ -116,6 +118,19 @@ def test_strided_block_scores_scale_and_no_kv_len():
     q, k = (torch.randn(1, 2, 96, 32, generator=gen) for _ in range(2))
     out = strided_block_scores_triton(q, k, 32, 8, None, 0.5, num_splits=2)
     torch.testing.assert_close(out, strided_block_scores_reference(q, k, 32, 8, None, 0.5), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_triton_sink_aware_estimate_keeps_the_planted_sink(dtype):
+    q, k, sink_block = planted_sink(seed=4)
+    q, k = q.to(dtype), k.to(dtype)
+    for sink_aware in (False, True):
+        mask = estimate_mask(q, k, block_size=32, stride=8, threshold=0.9, keep_diagonal=False,
+                             sink_aware=sink_aware, backend="triton")
+        ref = estimate_mask(q, k, block_size=32, stride=8, threshold=0.9, keep_diagonal=False,
+                            sink_aware=sink_aware)
+        assert torch.equal(mask.to_dense(), ref.to_dense())
+        assert bool(mask.to_dense()[0, 0, 1, sink_block]) is sink_aware
 
 
 def test_strided_block_scores_rejects_unsupported():

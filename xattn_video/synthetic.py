@@ -6,9 +6,13 @@ the distance between tokens i and j: nearby tokens in time and space attend to e
 own length scales (some more temporal, some more spatial). A few global video tokens are attended by every
 query, and optional text tokens (the last ``n_text - n_text_valid`` of them padding) are appended.
 
+``planted_sink`` builds the smallest case of a key that few queries attend to strongly (the case the
+antidiagonal mean underrates).
+
 Example::
 
     q, k, v, kv_len = video_qkv(33, 45, 80, n_text=256, n_text_valid=200, device="cuda")   # 720p x 129f
+    q, k, sink_block = planted_sink(seed=0)        # query block 1 of 8 gives ~13% of its mass to block 5
 """
 
 from __future__ import annotations
@@ -112,3 +116,38 @@ def video_qkv(
         v[:, :, n_video:] = torch.randn(shape, generator=dev_gen, device=device).to(dtype)
     kv_len = torch.full((batch,), n_video + n_text_valid, dtype=torch.long, device=device)
     return q, k, v, kv_len
+
+
+def planted_sink(
+    seed: int = 0, sink_logit: float = 12.0, block_size: int = 32, stride: int = 8, n_blocks: int = 8,
+    head_dim: int = 32,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """A planted attention sink: ``(q, k, sink_block)``, q and k ``[1, 1, n_blocks * block_size, head_dim]``.
+
+    Every query of query block 1 attends to key blocks 0 and 1 (scaled logit 4). One query in each stride
+    group of query block 1 (the one the antidiagonal pairs with the sink key's offset, so ``block_size /
+    stride`` queries in all) also attends to one key of block 5 with scaled logit ``sink_logit``. Block 5
+    then holds ~1/stride of the row's true mass while the antidiagonal *mean* (sink_logit / stride) ranks it
+    below blocks 0 and 1 by far. Small i.i.d. noise from ``seed`` makes the inputs fresh per seed.
+
+    Example::
+
+        q, k, b = planted_sink(seed=3)
+        # estimate_mask(q, k, block_size=32, stride=8, threshold=0.9, sink_aware=True) keeps block b in row 1
+    """
+    if n_blocks < 6 or block_size % stride or head_dim < 2:
+        raise ValueError(f"n_blocks={n_blocks} (>= 6), block_size={block_size} (a multiple of stride={stride}) "
+                         f"and head_dim={head_dim} (>= 2) are out of range")
+    g = torch.Generator().manual_seed(seed)
+    n, bs, s = n_blocks * block_size, block_size, stride
+    q = 0.1 * torch.randn(1, 1, n, head_dim, generator=g)
+    k = 0.1 * torch.randn(1, 1, n, head_dim, generator=g)
+    local = math.sqrt(4.0 * math.sqrt(head_dim))  # q.k / sqrt(D) = 4 along the local direction
+    sink = math.sqrt(sink_logit * math.sqrt(head_dim))
+    q[0, 0, bs:2 * bs, 0] += local
+    k[0, 0, : 2 * bs, 0] += local
+    c = int(torch.randint(s, (1,), generator=g))  # the sink key's offset in its stride group
+    sink_key = 5 * bs + int(torch.randint(bs // s, (1,), generator=g)) * s + c
+    k[0, 0, sink_key, 1] += sink
+    q[0, 0, bs + (s - 1 - c):2 * bs:s, 1] += sink  # antidiagonal partner of the sink in every stride group
+    return q, k, 5
