@@ -79,3 +79,18 @@ def test_bench_quality_toy_smoke(tmp_path):
     assert abs(random_row["density"] - 0.3) < 0.05, "the random floor is sized to its target"
     assert (tmp_path / "quality_pareto.png").stat().st_size > 0
     assert "| method |" in (tmp_path / "quality.md").read_text()
+
+
+def test_bench_sink_tiny_smoke(tmp_path):
+    out = tmp_path / "sink.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_sink.py"), "--size", "tiny", "--seeds", "1",
+                           "--q-blocks", "4", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert "not a model" in result["meta"]["data"] and "| selection | estimate |" in proc.stdout
+    assert len(result["structured"]) == 2 * 5 and all(0 < r["true_mass_kept"] <= 1 + 1e-6
+                                                      for r in result["structured"])
+    planted = {(r["seed"], r["estimate"]): r for r in result["planted"]}
+    for seed in range(3):  # the mean drops the planted sink at tau = 0.9, the sink-aware estimate keeps it
+        assert not planted[seed, "mean (XAttention)"]["sink_block_kept"]
+        assert planted[seed, "sink-aware"]["sink_block_kept"]

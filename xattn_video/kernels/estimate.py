@@ -5,7 +5,10 @@ from q and k, no reordered copy). Each program owns ``BLOCK_M`` strided rows of 
 split of the strided columns; per column tile it keeps the online-softmax running max ``m`` and sum ``l``
 and writes, per row and key block, ``sum exp(logit - m_tile)`` plus the ``m_tile`` it used. A small second
 kernel merges the splits' ``(m, l)``, rescales the partials to probabilities and sums the rows of each query
-block. The (N/S)^2 logits never reach global memory. Twin: ``reference.strided_block_scores_reference``.
+block. The (N/S)^2 logits never reach global memory. With ``sink_aware`` the same loop also keeps each
+sub-block's largest antidiagonal product and runs a second online softmax over those (its own partials and
+``(m, l)``); the finish kernel runs once per set and the two score maps are averaged.
+Twin: ``reference.strided_block_scores_reference``.
 
 Example::
 
@@ -190,7 +193,9 @@ def strided_block_scores_triton(
         check_interpreter()
     interp = interpreting() or q.device.type != "cuda"
     bm = block_m or (16 if interp else 128)
-    bn = max(block_n or (16 if interp else 256), r)  # 128 x 256 tiles, 2 stages: best of the H100 sweep
+    # 128 x 256 tiles, 2 stages: best of the H100 sweep. The sink pass holds two more such fp32 tiles (the
+    # per-c product and the running max): half-width tiles keep it out of register spills (not yet tuned)
+    bn = max(block_n or (16 if interp else 128 if sink_aware else 256), r)
     if not (_pow2(bm) and _pow2(bn)):
         raise ValueError(f"block_m={bm}, block_n={bn} must be powers of two")
     nt = ceil_div(nks, bn)
