@@ -8,10 +8,13 @@ from xattn_video import OpConfig, ScheduleConfig, XAttentionConfig
 def test_yaml_round_trip(tmp_path):
     cfg = XAttentionConfig(block_size=64, stride=8, threshold={"default": 0.9, "layers": {3: 0.95},
                                                                  "heads": {5: [0.8, 0.99]}},
-                           warmup_steps=3, dense_layers=(0, 1), max_density=0.3, mask_reuse_steps=2)
+                           warmup_steps=3, dense_layers=(0, 1), max_density=0.3, mask_reuse_steps=2,
+                           dense_above=0.85)
     cfg.save(tmp_path / "c.yaml")
     again = XAttentionConfig.load(tmp_path / "c.yaml")
     assert again == cfg
+    assert again.schedule.dense_above == 0.85 and XAttentionConfig().dense_above is None
+    assert "dense_above: 0.85" in (tmp_path / "c.yaml").read_text().split("schedule:")[1]
     assert again.threshold_for(3, 2) == 0.95
     assert again.threshold_for(5, 2) == [0.8, 0.99]
     assert again.threshold_for(0, 2) == 0.9
@@ -42,6 +45,8 @@ def test_nested_section_and_unknown_keys(tmp_path):
         ({"backend": "cuda"}, "backend='cuda' is not one of"),
         ({"dense_layers": (1, -2)}, "dense_layers=.* must be non-negative"),
         ({"mask_reuse_steps": 0}, "mask_reuse_steps=0 must be >= 1"),
+        ({"dense_above": 1.0}, r"dense_above=1.0 is out of range: accepted \(0, 1\) or None \(off\)"),
+        ({"dense_above": "high"}, r"dense_above='high' is out of range"),
     ],
 )
 def test_bad_values_name_the_value_and_the_range(kwargs, match):

@@ -177,3 +177,17 @@ def test_mask_reuse_in_comfyui_and_without_step_hook_in_diffusers():
     attach_step_hook(d.model, d.runtime)
     drive(d, [0, 1, 2, 3])
     assert [c.reason for c in d.runtime.record.calls] == [c.reason for c in host.runtime.record.calls]
+
+
+def test_above_break_even_same_in_both_hosts():
+    # the call pattern's densities differ by layer and step: a break-even between them splits the calls
+    densities = sorted({c[5] for forward in drive(DiffusersHost(CONFIG, call_pattern), SEQUENCE)
+                        for c in forward if c[3] == "sparse"})
+    assert len(densities) >= 2
+    config = CONFIG.replace(dense_above=(densities[0] + densities[-1]) / 2)
+    diffusers = drive(DiffusersHost(config, call_pattern), SEQUENCE)
+    comfy = drive(ComfyHost(config, call_pattern), SEQUENCE)
+    assert diffusers == comfy
+    reasons = {c[4] for forward in diffusers for c in forward}
+    assert {"above_break_even", "source"} <= reasons
+    assert all(c[7] > config.dense_above for forward in diffusers for c in forward if c[4] == "above_break_even")

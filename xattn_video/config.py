@@ -2,7 +2,8 @@
 
 ``OpConfig`` is everything ``xattention()`` needs for one call (blocks, stride, thresholds, text and diagonal
 blocks, density cap, backend). ``ScheduleConfig`` is what the runtime decides per call across a generation
-(dense warmup steps, dense layers, mask reuse, minimum length, unknown-step and fallback policies).
+(dense warmup steps, dense layers, mask reuse, minimum length, unknown-step and fallback policies, the
+break-even density above which a call runs dense).
 ``XAttentionConfig`` holds one of each; it accepts and exposes the flat field names too, so
 ``XAttentionConfig(threshold=0.9, warmup_steps=5).threshold`` works.
 
@@ -152,10 +153,15 @@ class ScheduleConfig:
             warmup) or ``"error"``. Logged once either way.
         fallback: a call XAttention cannot take (an attention mask that is not a key-padding mask):
             ``"dense"`` runs the host's own attention (logged once), ``"error"`` raises.
+        dense_above: break-even density in (0, 1), or None (off, the default): a call whose selected mask
+            keeps more than this fraction of its blocks runs dense instead (the host's attention), recorded
+            with reason ``"above_break_even"`` and the mask's density. Above the break-even the block-sparse
+            kernel is slower than dense attention (720p, H200: 89.5% of blocks took 23.9 s a step against
+            22.8 s dense), so the break-even lies below 0.895; its value comes from the kernel bench.
 
     Example::
 
-        schedule = ScheduleConfig(warmup_steps=5, mask_reuse_steps=2)
+        schedule = ScheduleConfig(warmup_steps=5, mask_reuse_steps=2, dense_above=0.8)
     """
 
     warmup_steps: int = 5
@@ -164,9 +170,15 @@ class ScheduleConfig:
     min_seq_len: int = 0
     unknown_step: str = "dense"
     fallback: str = "dense"
+    dense_above: float | None = None
 
     def __post_init__(self) -> None:
         _check_int(self, ("warmup_steps", "mask_reuse_steps", "min_seq_len"))
+        if self.dense_above is not None:
+            if isinstance(self.dense_above, bool) or not isinstance(self.dense_above, (int, float)) \
+                    or not 0.0 < float(self.dense_above) < 1.0:
+                raise ValueError(f"dense_above={self.dense_above!r} is out of range: accepted (0, 1) or None (off)")
+            object.__setattr__(self, "dense_above", float(self.dense_above))
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps={self.warmup_steps} must be >= 0")
         if self.mask_reuse_steps < 1:

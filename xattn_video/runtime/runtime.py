@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..attention import dense_attention, xattention
+from ..attention import dense_attention, xattention, xattention_mask
 from ..block_mask import BlockSparseMask
 from ..config import OpConfig, XAttentionConfig, ceil_div
 from .masks import MaskCache
@@ -172,13 +172,16 @@ class XAttentionRuntime:
         plan = self.plan(layer=layer, n=n, heads=h, padding_why=padding.why)
         timer = CallTimer(q.is_cuda)
         step, call = self.clock.step, self.clock.call
-        if not plan.sparse:
+
+        def dense() -> torch.Tensor:
             if host_attention is not None:
-                out = host_attention()
-            elif padding.why is None:
-                out = dense_attention(q, k, v, padding.kv_len)
-            else:
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                return host_attention()
+            if padding.why is None:
+                return dense_attention(q, k, v, padding.kv_len)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+        if not plan.sparse:
+            out = dense()
             timer.stop()
             self.record.add(CallRecord(step, call, layer, "dense", plan.reason, 1.0, (1.0,) * h), timer)
             return out
@@ -196,13 +199,24 @@ class XAttentionRuntime:
             given = _checked_source_mask(self.mask_source(request), q, k, kv_len)
             reason = "source"
         elif given is None:
+            given = xattention_mask(q, k, op, kv_len, layer=layer, global_start=global_start)
             reason = "estimated"
-        out, used = xattention(q, k, v, op, kv_len, layer=layer, global_start=global_start, mask=given)
         if reason != "reused" and not self._final_step:  # a mask of the last step would never be reused
-            self.masks.put(layer=layer, call=call, step=step, mask=used, lengths=lengths, n_keys=k.shape[2])
+            self.masks.put(layer=layer, call=call, step=step, mask=given, lengths=lengths, n_keys=k.shape[2])
+        density, per_head = _densities(given, h)
+        dense_above = self.config.schedule.dense_above
+        if dense_above is not None and density > dense_above:
+            # past the break-even the block-sparse kernel is slower than dense attention; the mask stays
+            # cached, so a reusing step decides the same without estimating again
+            out = dense()
+            timer.stop()
+            self.record.add(CallRecord(step, call, layer, "dense", "above_break_even", 1.0, (1.0,) * h,
+                                       mask_density=density), timer)
+            return out
+        out, _ = xattention(q, k, v, op, kv_len, layer=layer, global_start=global_start, mask=given)
         timer.stop()
-        density, per_head = _densities(used, h)
-        self.record.add(CallRecord(step, call, layer, "sparse", reason, density, per_head), timer)
+        self.record.add(CallRecord(step, call, layer, "sparse", reason, density, per_head, mask_density=density),
+                        timer)
         return out
 
     def density_table(self) -> dict[int, dict[int, float]]:
