@@ -34,6 +34,7 @@ Threshold = Union[float, Mapping[str, Any]]
 BACKENDS = ("auto", "triton", "reference")
 UNKNOWN_STEP_POLICIES = ("dense", "sparse", "error")
 FALLBACK_POLICIES = ("dense", "error")
+TOKEN_ORDERS = ("raster", "tile")
 
 
 def _check_tau(value: Any, where: str) -> float:
@@ -64,10 +65,17 @@ class OpConfig:
         backend: "triton" (CUDA kernels), "reference" (plain PyTorch) or "auto" (triton on CUDA).
         allow_fallback: with backend="triton", run the reference (logged once) instead of failing when the
             Triton path cannot run.
+        token_order: the order of the video tokens that blocks are cut from: "raster" (the model's own: frame,
+            row, column) or "tile" (each block a compact t x h x w piece of space-time; the runtime permutes
+            the video tokens before the estimate and the attention and back after, text stays last; needs
+            the video grid from the host, see ``xattn_video.token_order``).
+        tile: with token_order="tile", the tile shape ``(t, h, w)`` in tokens; None: ``default_tile(block_size)``
+            (2 x 8 x 8 for B = 128).
 
     Example::
 
         op = OpConfig(block_size=64, stride=8, threshold=0.9)
+        op = OpConfig(threshold=0.9, token_order="tile")       # blocks of 2 x 8 x 8 tokens
     """
 
     block_size: int = 128
@@ -78,9 +86,19 @@ class OpConfig:
     max_density: float | None = None
     backend: str = "auto"
     allow_fallback: bool = False
+    token_order: str = "raster"
+    tile: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         _check_int(self, ("block_size", "stride"))
+        if self.token_order not in TOKEN_ORDERS:
+            raise ValueError(f"token_order={self.token_order!r} is not one of {TOKEN_ORDERS}")
+        if self.tile is not None:
+            tile = self.tile
+            if isinstance(tile, (str, bytes)) or not isinstance(tile, Sequence) or len(tile) != 3 or any(
+                    isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in tile):
+                raise ValueError(f"tile={tile!r} must be three positive integers (t, h, w) in tokens, or None")
+            object.__setattr__(self, "tile", tuple(int(x) for x in tile))
         if not 4 <= self.block_size <= 512:
             raise ValueError(f"block_size={self.block_size} is out of range: accepted 4..512")
         if self.stride < 1 or self.block_size % self.stride:
@@ -127,8 +145,15 @@ class OpConfig:
         )
         return all(v >= 1.0 for v in values)
 
+    def tile_shape(self) -> tuple[int, int, int]:
+        """The tile of ``token_order="tile"``: ``tile``, or ``default_tile(block_size)``."""
+        from .token_order import default_tile
+
+        return self.tile if self.tile is not None else default_tile(self.block_size)
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        d["tile"] = list(self.tile) if self.tile is not None else None
         if isinstance(self.threshold, Mapping):
             d["threshold"] = {
                 "default": self.threshold["default"],

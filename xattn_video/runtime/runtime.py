@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ..attention import dense_attention, xattention, xattention_mask
 from ..block_mask import BlockSparseMask
 from ..config import OpConfig, XAttentionConfig, ceil_div
+from ..token_order import inverse_permutation, tile_permutation
 from .masks import MaskCache
 from .padding import Padding, key_padding
 from .plan import CallPlan, plan_call
@@ -46,6 +47,8 @@ class MaskRequest:
         step: 0-based denoising step (None when unknown); ``call``: forward within the step.
         config: the op's parameters (block size, thresholds, ...).
         v: ``[B, H, N, D]``, for sources that judge a mask by the attention output (SVG's profiling).
+        order: with ``config.token_order == "tile"``, the permutation the tensors are in: position ``i``
+            holds the model's (raster) token ``order[i]``; the mask is read in this order. None: raster.
     """
 
     q: torch.Tensor
@@ -57,6 +60,7 @@ class MaskRequest:
     call: int
     config: OpConfig
     v: torch.Tensor | None = None
+    order: torch.Tensor | None = None
 
 
 # returns the BlockSparseMask to attend with, in place of the antidiagonal estimate
@@ -99,6 +103,8 @@ class XAttentionRuntime:
         self.masks = MaskCache(config.schedule.mask_reuse_steps)
         self._padding_memo: tuple[Any, int, int, Padding] | None = None
         self._final_step = False
+        self._grid: tuple[int, int, int] | None = None
+        self._order_memo: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     # -- what the host reports ----------------------------------------------------------------------------
     @property
@@ -122,19 +128,24 @@ class XAttentionRuntime:
         """Name a layer for reports (e.g. ``"transformer_blocks.3.attn"``)."""
         self.record.layer_names[index] = name
 
-    def begin_forward(self, step: int | None = None, timestep: Any = None, num_steps: int | None = None) -> None:
+    def begin_forward(self, step: int | None = None, timestep: Any = None, num_steps: int | None = None,
+                      grid: tuple[int, int, int] | None = None) -> None:
         """One transformer forward begins: ``step`` if the host knows it, else its ``timestep`` / sigma;
-        ``num_steps`` if the host knows how many steps the run has (no mask is kept at the last one)."""
+        ``num_steps`` if the host knows how many steps the run has (no mask is kept at the last one);
+        ``grid``: the video tokens' ``(frames, height, width)`` after patchify, which ``token_order="tile"``
+        needs (the video tokens of every call of this forward)."""
         if self.clock.observe(step, timestep):
             self.masks.clear()
             self.record.clear()  # the record describes the latest run
         self.masks.expire(self.clock.step)
         self._final_step = num_steps is not None and self.clock.step is not None and self.clock.step >= num_steps - 1
         self._padding_memo = None
+        self._grid = tuple(int(x) for x in grid) if grid is not None else None
 
     def end_forward(self) -> None:
         """The forward ended: hold no reference to its tensors."""
         self._padding_memo = None
+        self._grid = None
 
     def end_run(self) -> None:
         """The run (one generation) ended: free the cached masks and forget the step count, so the next
@@ -155,7 +166,8 @@ class XAttentionRuntime:
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layer: int,
                mask: torch.Tensor | None = None, global_start: int | None = None,
-               host_attention: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
+               host_attention: Callable[[], torch.Tensor] | None = None,
+               grid: tuple[int, int, int] | None = None) -> torch.Tensor:
         """Attention of one call, dense or sparse as planned; ``[B, H, N, D]`` like q.
 
         Args:
@@ -166,6 +178,9 @@ class XAttentionRuntime:
             host_attention: the host's own exact attention for this call, returning ``[B, H, N, D]``; used
                 for dense calls. Without it: ``dense_attention`` (padded keys skipped), or, for a mask that is
                 not a key-padding mask, SDPA with that mask.
+            grid: the video grid ``(frames, height, width)`` of this call's video tokens; default: the one
+                given to ``begin_forward``. Needed by ``token_order="tile"`` (sparse calls are permuted into
+                tile order for the estimate and the attention, and the output back).
         """
         b, h, n, _ = q.shape
         padding = self._padding(mask, b, k.shape[2])
@@ -192,14 +207,18 @@ class XAttentionRuntime:
             kv_len = torch.full((b,), k.shape[2], dtype=torch.long, device=q.device)
             lengths = (k.shape[2],) * b
         op = self.config.op
+        # tile order: the op works on permuted tokens (masks, cached ones included, are in that order)
+        order = self._tile_order(q, k, global_start, grid if grid is not None else self._grid, lengths)
+        qo, ko, vo = (q, k, v) if order is None else (t.index_select(2, order[0]) for t in (q, k, v))
         given = self.masks.get(layer=layer, call=call, step=step, lengths=lengths, q_len=n, n_keys=k.shape[2])
         reason = "reused"
         if given is None and self.mask_source is not None:
-            request = MaskRequest(q, k, kv_len, global_start, layer, step, call, op, v)
+            request = MaskRequest(qo, ko, kv_len, global_start, layer, step, call, op, vo,
+                                  None if order is None else order[0])
             given = _checked_source_mask(self.mask_source(request), q, k, kv_len)
             reason = "source"
         elif given is None:
-            given = xattention_mask(q, k, op, kv_len, layer=layer, global_start=global_start)
+            given = xattention_mask(qo, ko, op, kv_len, layer=layer, global_start=global_start)
             reason = "estimated"
         if reason != "reused" and not self._final_step:  # a mask of the last step would never be reused
             self.masks.put(layer=layer, call=call, step=step, mask=given, lengths=lengths, n_keys=k.shape[2])
@@ -213,7 +232,9 @@ class XAttentionRuntime:
             self.record.add(CallRecord(step, call, layer, "dense", "above_break_even", 1.0, (1.0,) * h,
                                        mask_density=density), timer)
             return out
-        out, _ = xattention(q, k, v, op, kv_len, layer=layer, global_start=global_start, mask=given)
+        out, _ = xattention(qo, ko, vo, op, kv_len, layer=layer, global_start=global_start, mask=given)
+        if order is not None:
+            out = out.index_select(2, order[1])
         timer.stop()
         self.record.add(CallRecord(step, call, layer, "sparse", reason, density, per_head, mask_density=density),
                         timer)
@@ -222,6 +243,32 @@ class XAttentionRuntime:
     def density_table(self) -> dict[int, dict[int, float]]:
         """``{step: {layer: mean density}}`` of the latest run (see ``RunRecord.density_table``)."""
         return self.record.density_table()
+
+    def _tile_order(self, q: torch.Tensor, k: torch.Tensor, global_start: int | None, grid: Any,
+                    lengths: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(permutation, inverse) into tile order for this call, or None for raster order."""
+        op = self.config.op
+        if op.token_order == "raster":
+            return None
+        n = q.shape[2]
+        n_video = n if global_start is None else global_start
+        if grid is None:
+            raise ValueError(
+                "token_order='tile' needs the video grid (frames, height, width in tokens) of every call: "
+                "diffusers: apply_xattention or attach_step_hook; ComfyUI: patch_model; by hand: "
+                "begin_forward(grid=...) or attend(grid=...)")
+        t, h, w = grid
+        if t * h * w != n_video:
+            raise ValueError(f"token_order='tile': the video grid {t} x {h} x {w} = {t * h * w} tokens does not match "
+                             f"this call's {n_video} video tokens (of {n}); accepted: a grid of exactly the video tokens")
+        if k.shape[2] != n or min(lengths) < n_video:
+            raise ValueError(f"token_order='tile' needs self-attention with every video key valid; got {n} queries, "
+                             f"{k.shape[2]} keys, valid key lengths {list(lengths)} for {n_video} video tokens")
+        key = (tuple(grid), op.tile_shape(), n, q.device)
+        if self._order_memo is None or self._order_memo[0] != key:
+            perm = tile_permutation(grid, op.tile_shape(), n, device=q.device)
+            self._order_memo = (key, (perm, inverse_permutation(perm)))
+        return self._order_memo[1]
 
     def _padding(self, mask: torch.Tensor | None, batch: int, n_keys: int) -> Padding:
         # every layer of a forward gets the same mask object: parse it (and sync the device) once
