@@ -4,7 +4,9 @@ A host adapter (the diffusers processors, the ComfyUI override) supplies, per tr
 knows of the step (``begin_forward``), and per attention call the layer index and the tensors in
 ``[B, H, N, D]`` with the text start (``attend``). The runtime plans the call (``plan.plan_call``), turns the
 host's key-padding mask into ``kv_len``, reuses or estimates the block mask (or asks the mask source), runs
-the op or the dense attention, and records the call (``record.RunRecord``).
+the op or the dense attention, and records the call (``record.RunRecord``). With ``token_order="tile"`` a
+sparse call's video tokens are permuted into tile order around the op (``xattn_video.token_order``); a call
+whose mask keeps more than ``dense_above`` of its blocks runs dense (``above_break_even``).
 
 Example::
 
