@@ -9,11 +9,13 @@ def test_yaml_round_trip(tmp_path):
     cfg = XAttentionConfig(block_size=64, stride=8, threshold={"default": 0.9, "layers": {3: 0.95},
                                                                  "heads": {5: [0.8, 0.99]}},
                            warmup_steps=3, dense_layers=(0, 1), max_density=0.3, mask_reuse_steps=2,
-                           sink_aware=True)
+                           dense_above=0.85, sink_aware=True)
     cfg.save(tmp_path / "c.yaml")
     again = XAttentionConfig.load(tmp_path / "c.yaml")
     assert again == cfg
     assert again.op.sink_aware is True and XAttentionConfig().op.sink_aware is False
+    assert again.schedule.dense_above == 0.85 and XAttentionConfig().dense_above is None
+    assert "dense_above: 0.85" in (tmp_path / "c.yaml").read_text().split("schedule:")[1]
     assert again.threshold_for(3, 2) == 0.95
     assert again.threshold_for(5, 2) == [0.8, 0.99]
     assert again.threshold_for(0, 2) == 0.9
@@ -45,6 +47,8 @@ def test_nested_section_and_unknown_keys(tmp_path):
         ({"sink_aware": "yes"}, "sink_aware='yes' must be true or false"),
         ({"dense_layers": (1, -2)}, "dense_layers=.* must be non-negative"),
         ({"mask_reuse_steps": 0}, "mask_reuse_steps=0 must be >= 1"),
+        ({"dense_above": 1.0}, r"dense_above=1.0 is out of range: accepted \(0, 1\) or None \(off\)"),
+        ({"dense_above": "high"}, r"dense_above='high' is out of range"),
     ],
 )
 def test_bad_values_name_the_value_and_the_range(kwargs, match):

@@ -17,6 +17,7 @@ from xattn_video import BlockSparseMask, XAttentionConfig, apply_xattention
 from xattn_video.hooks import attach_step_hook
 from xattn_video.processors import xattention_processors
 from xattn_video.runtime import MaskRequest, XAttentionRuntime
+from xattn_video.token_order import tile_permutation
 
 import_comfy()
 
@@ -177,3 +178,38 @@ def test_mask_reuse_in_comfyui_and_without_step_hook_in_diffusers():
     attach_step_hook(d.model, d.runtime)
     drive(d, [0, 1, 2, 3])
     assert [c.reason for c in d.runtime.record.calls] == [c.reason for c in host.runtime.record.calls]
+
+
+def test_above_break_even_same_in_both_hosts():
+    # the call pattern's densities differ by layer and step: a break-even between them splits the calls
+    densities = sorted({c[5] for forward in drive(DiffusersHost(CONFIG, call_pattern), SEQUENCE)
+                        for c in forward if c[3] == "sparse"})
+    assert len(densities) >= 2
+    config = CONFIG.replace(dense_above=(densities[0] + densities[-1]) / 2)
+    diffusers = drive(DiffusersHost(config, call_pattern), SEQUENCE)
+    comfy = drive(ComfyHost(config, call_pattern), SEQUENCE)
+    assert diffusers == comfy
+    reasons = {c[4] for forward in diffusers for c in forward}
+    assert {"above_break_even", "source"} <= reasons
+    assert all(c[7] > config.dense_above for forward in diffusers for c in forward if c[4] == "above_break_even")
+
+
+def test_tile_order_same_grid_and_record_in_both_hosts():
+    config = CONFIG.replace(token_order="tile")
+    orders = {"diffusers": [], "comfy": []}
+
+    def source(name):
+        def pattern(req: MaskRequest) -> BlockSparseMask:
+            orders[name].append(req.order)
+            return call_pattern(req)
+        return pattern
+
+    diffusers = drive(DiffusersHost(config, source("diffusers")), SEQUENCE)
+    comfy = drive(ComfyHost(config, source("comfy")), SEQUENCE)
+    assert diffusers == comfy
+    assert len(orders["diffusers"]) == len(orders["comfy"]) > 0
+    want = tile_permutation((3, 6, 6), config.op.tile_shape(), 108 + TEXT)
+    assert all(torch.equal(o, want) for o in orders["diffusers"] + orders["comfy"])
+    # with the estimate: the same decisions
+    decisions = lambda run: [[c[:5] for c in forward] for forward in run]  # noqa: E731
+    assert decisions(drive(DiffusersHost(config), SEQUENCE)) == decisions(drive(ComfyHost(config), SEQUENCE))

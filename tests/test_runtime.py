@@ -295,3 +295,53 @@ def test_xattention_takes_the_op_part():
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(TypeError, match="OpConfig or XAttentionConfig"):
         xattention(q, k, v, {"threshold": 0.5})
+
+
+# -- dense above the break-even ---------------------------------------------------------------------------
+
+def test_above_break_even_runs_dense_and_records_the_mask_density():
+    q, k, v = _qkv(seed=2)
+    mask = torch.arange(100)[None, None, None, :] < 93
+    kv_len = torch.tensor([93])
+    _, estimated = xattention(q, k, v, CFG.op, kv_len, layer=0, global_start=90)
+    found = estimated.density()
+    assert 0.2 < found < 1.0
+    # a break-even below what the estimate finds: dense (the host's attention when given), mask density kept
+    runtime = XAttentionRuntime(CFG.replace(warmup_steps=0, mask_reuse_steps=2, dense_above=found - 0.05))
+    runtime.begin_forward(step=0)
+    marker = torch.full_like(q, 3.0)
+    assert runtime.attend(q, k, v, layer=0, mask=mask, global_start=90, host_attention=lambda: marker) is marker
+    out = runtime.attend(q, k, v, layer=1, mask=mask, global_start=90)
+    torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+                               rtol=0, atol=0)
+    runtime.begin_forward(step=1)  # a reused mask is judged the same way, without estimating again
+    runtime.attend(q, k, v, layer=0, mask=mask, global_start=90)
+    calls = runtime.record.calls
+    assert [(c.decision, c.reason, c.density) for c in calls] == [("dense", "above_break_even", 1.0)] * 3
+    assert [c.mask_density for c in calls] == [pytest.approx(found)] * 3
+    assert runtime.record.counts() == {"above_break_even": 3}
+    # a break-even above it: sparse, the op's output
+    runtime = XAttentionRuntime(CFG.replace(warmup_steps=0, dense_above=found + 0.05))
+    runtime.begin_forward(step=0)
+    out = runtime.attend(q, k, v, layer=0, mask=mask, global_start=90)
+    want, _ = xattention(q, k, v, CFG.op, kv_len, layer=0, global_start=90)
+    torch.testing.assert_close(out, want, rtol=0, atol=0)
+    (call,) = runtime.record.calls
+    assert (call.decision, call.reason) == ("sparse", "estimated")
+    assert call.density == call.mask_density == pytest.approx(found)
+
+
+def test_above_break_even_applies_to_source_masks_and_warmup_stays_warmup():
+    q, k, v = _qkv(seed=3)
+
+    def everything(req: MaskRequest) -> BlockSparseMask:
+        b, h, n = req.q.shape[:3]
+        qb = -(-n // req.config.block_size)
+        return BlockSparseMask.from_dense(torch.ones(b, h, qb, qb, dtype=torch.bool), req.config.block_size, n,
+                                          req.kv_len)
+
+    runtime = XAttentionRuntime(CFG.replace(warmup_steps=1, dense_above=0.9), mask_source=everything)
+    for step in (0, 1):
+        runtime.begin_forward(step=step)
+        runtime.attend(q, k, v, layer=0)
+    assert [(c.reason, c.mask_density) for c in runtime.record.calls] == [("warmup", None), ("above_break_even", 1.0)]

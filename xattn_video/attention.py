@@ -129,25 +129,48 @@ def xattention(
     config = op_config(config)
     validate_qkv(q, k, v, kv_len)
     backend = resolve_backend(config, q)
+    if mask is None:
+        mask = xattention_mask(q, k, config, kv_len, layer=layer, global_start=global_start, threshold=threshold)
+    out = block_sparse_attention(q, k, v, mask, backend, 1.0 / math.sqrt(q.shape[-1]))
+    return out, mask
+
+
+def xattention_mask(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    config: AnyConfig | None = None,
+    kv_len: torch.Tensor | None = None,
+    *,
+    layer: int | None = None,
+    global_start: int | None = None,
+    threshold: float | Sequence[float] | None = None,
+) -> BlockSparseMask:
+    """The block mask ``xattention`` would attend with (estimate + select), without the attention: lets a
+    caller look at the mask's density first (the runtime's break-even check). Arguments as ``xattention``.
+
+    Example::
+
+        mask = xattention_mask(q, k, OpConfig(block_size=64, stride=8, threshold=0.9))
+        out, _ = xattention(q, k, v, OpConfig(block_size=64, stride=8), mask=mask)
+    """
+    config = op_config(config)
+    validate_qkv(q, k, k, kv_len)
+    backend = resolve_backend(config, q)
     b, h, n, _ = q.shape
     if kv_len is None:
         kv_len = torch.full((b,), k.shape[2], dtype=torch.long, device=q.device)
-    if mask is None:
-        tau = config.threshold_for(layer, h) if threshold is None else threshold
-        if isinstance(tau, (int, float)) and tau >= 1.0 and config.max_density is None:
-            mask = dense_mask(b, n, kv_len, k.shape[2], config.block_size, q.device)
-        else:
-            mask = estimate_mask(
-                q, k,
-                block_size=config.block_size,
-                stride=config.stride,
-                threshold=tau,
-                kv_len=kv_len,
-                keep_diagonal=config.keep_diagonal,
-                max_density=config.max_density,
-                global_start=global_start if config.keep_text else None,
-                backend=backend,
-                sink_aware=config.sink_aware,
-            )
-    out = block_sparse_attention(q, k, v, mask, backend, 1.0 / math.sqrt(q.shape[-1]))
-    return out, mask
+    tau = config.threshold_for(layer, h) if threshold is None else threshold
+    if isinstance(tau, (int, float)) and tau >= 1.0 and config.max_density is None:
+        return dense_mask(b, n, kv_len, k.shape[2], config.block_size, q.device)
+    return estimate_mask(
+        q, k,
+        block_size=config.block_size,
+        stride=config.stride,
+        threshold=tau,
+        kv_len=kv_len,
+        keep_diagonal=config.keep_diagonal,
+        max_density=config.max_density,
+        global_start=global_start if config.keep_text else None,
+        backend=backend,
+        sink_aware=config.sink_aware,
+    )

@@ -2,7 +2,8 @@
 
 ``OpConfig`` is everything ``xattention()`` needs for one call (blocks, stride, thresholds, text and diagonal
 blocks, density cap, backend). ``ScheduleConfig`` is what the runtime decides per call across a generation
-(dense warmup steps, dense layers, mask reuse, minimum length, unknown-step and fallback policies).
+(dense warmup steps, dense layers, mask reuse, minimum length, unknown-step and fallback policies, the
+break-even density above which a call runs dense).
 ``XAttentionConfig`` holds one of each; it accepts and exposes the flat field names too, so
 ``XAttentionConfig(threshold=0.9, warmup_steps=5).threshold`` works.
 
@@ -33,6 +34,7 @@ Threshold = Union[float, Mapping[str, Any]]
 BACKENDS = ("auto", "triton", "reference")
 UNKNOWN_STEP_POLICIES = ("dense", "sparse", "error")
 FALLBACK_POLICIES = ("dense", "error")
+TOKEN_ORDERS = ("raster", "tile")
 
 
 def _check_tau(value: Any, where: str) -> float:
@@ -66,10 +68,17 @@ class OpConfig:
         backend: "triton" (CUDA kernels), "reference" (plain PyTorch) or "auto" (triton on CUDA).
         allow_fallback: with backend="triton", run the reference (logged once) instead of failing when the
             Triton path cannot run.
+        token_order: the order of the video tokens that blocks are cut from: "raster" (the model's own: frame,
+            row, column) or "tile" (each block a compact t x h x w piece of space-time; the runtime permutes
+            the video tokens before the estimate and the attention and back after, text stays last; needs
+            the video grid from the host, see ``xattn_video.token_order``).
+        tile: with token_order="tile", the tile shape ``(t, h, w)`` in tokens; None: ``default_tile(block_size)``
+            (2 x 8 x 8 for B = 128).
 
     Example::
 
         op = OpConfig(block_size=64, stride=8, threshold=0.9)
+        op = OpConfig(threshold=0.9, token_order="tile")       # blocks of 2 x 8 x 8 tokens
     """
 
     block_size: int = 128
@@ -81,9 +90,19 @@ class OpConfig:
     sink_aware: bool = False
     backend: str = "auto"
     allow_fallback: bool = False
+    token_order: str = "raster"
+    tile: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         _check_int(self, ("block_size", "stride"))
+        if self.token_order not in TOKEN_ORDERS:
+            raise ValueError(f"token_order={self.token_order!r} is not one of {TOKEN_ORDERS}")
+        if self.tile is not None:
+            tile = self.tile
+            if isinstance(tile, (str, bytes)) or not isinstance(tile, Sequence) or len(tile) != 3 or any(
+                    isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in tile):
+                raise ValueError(f"tile={tile!r} must be three positive integers (t, h, w) in tokens, or None")
+            object.__setattr__(self, "tile", tuple(int(x) for x in tile))
         if not 4 <= self.block_size <= 512:
             raise ValueError(f"block_size={self.block_size} is out of range: accepted 4..512")
         if self.stride < 1 or self.block_size % self.stride:
@@ -132,8 +151,15 @@ class OpConfig:
         )
         return all(v >= 1.0 for v in values)
 
+    def tile_shape(self) -> tuple[int, int, int]:
+        """The tile of ``token_order="tile"``: ``tile``, or ``default_tile(block_size)``."""
+        from .token_order import default_tile
+
+        return self.tile if self.tile is not None else default_tile(self.block_size)
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        d["tile"] = list(self.tile) if self.tile is not None else None
         if isinstance(self.threshold, Mapping):
             d["threshold"] = {
                 "default": self.threshold["default"],
@@ -158,10 +184,15 @@ class ScheduleConfig:
             warmup) or ``"error"``. Logged once either way.
         fallback: a call XAttention cannot take (an attention mask that is not a key-padding mask):
             ``"dense"`` runs the host's own attention (logged once), ``"error"`` raises.
+        dense_above: break-even density in (0, 1), or None (off, the default): a call whose selected mask
+            keeps more than this fraction of its blocks runs dense instead (the host's attention), recorded
+            with reason ``"above_break_even"`` and the mask's density. Above the break-even the block-sparse
+            kernel is slower than dense attention (720p, H200: 89.5% of blocks took 23.9 s a step against
+            22.8 s dense), so the break-even lies below 0.895; its value comes from the kernel bench.
 
     Example::
 
-        schedule = ScheduleConfig(warmup_steps=5, mask_reuse_steps=2)
+        schedule = ScheduleConfig(warmup_steps=5, mask_reuse_steps=2, dense_above=0.8)
     """
 
     warmup_steps: int = 5
@@ -170,9 +201,15 @@ class ScheduleConfig:
     min_seq_len: int = 0
     unknown_step: str = "dense"
     fallback: str = "dense"
+    dense_above: float | None = None
 
     def __post_init__(self) -> None:
         _check_int(self, ("warmup_steps", "mask_reuse_steps", "min_seq_len"))
+        if self.dense_above is not None:
+            if isinstance(self.dense_above, bool) or not isinstance(self.dense_above, (int, float)) \
+                    or not 0.0 < float(self.dense_above) < 1.0:
+                raise ValueError(f"dense_above={self.dense_above!r} is out of range: accepted (0, 1) or None (off)")
+            object.__setattr__(self, "dense_above", float(self.dense_above))
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps={self.warmup_steps} must be >= 0")
         if self.mask_reuse_steps < 1:

@@ -3,7 +3,7 @@
 - ``"xattn_video"`` (``XAttentionHook``): installs the XAttention processors when registered and restores the
   previous ones when removed; before every transformer forward it tells the runtime the step: the pipeline's
   ``cache_context(..., step_index=i)`` where diffusers passes one, else the ``timestep`` argument (see
-  ``runtime.steps``). ``reset_stateful_hooks()`` (which a diffusers pipeline calls when it finishes) ends the
+  ``runtime.steps``), and the video grid (latent shape over the patch sizes, for ``token_order="tile"``). ``reset_stateful_hooks()`` (which a diffusers pipeline calls when it finishes) ends the
   runtime's run: cached masks freed, step count forgotten; the record stays until the next run begins.
 - ``"xattn_video_timing"`` (``timing_hooks``): per-step wall time and the time inside the block attention
   modules, for ``timed_generate`` / ``compare``.
@@ -79,8 +79,10 @@ class XAttentionHook(ModelHook):
     def pre_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
         context = self.context.current
         timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        latents = kwargs.get("hidden_states", args[0] if args else None)
         self.runtime.begin_forward(step=getattr(context, "step_index", None), timestep=timestep,
-                                   num_steps=getattr(context, "num_inference_steps", None))
+                                   num_steps=getattr(context, "num_inference_steps", None),
+                                   grid=video_grid(module, latents))
         return args, kwargs
 
     def post_forward(self, module: torch.nn.Module, output: Any) -> Any:
@@ -92,6 +94,17 @@ class XAttentionHook(ModelHook):
         # its record stays readable until the next run begins
         self.runtime.end_run()
         return module
+
+
+def video_grid(model: torch.nn.Module, latents: Any) -> tuple[int, int, int] | None:
+    """The video tokens' ``(frames, height, width)`` of a HunyuanVideo transformer forward: the latents'
+    ``[B, C, F, H, W]`` over the patch sizes of the model's config (None when either is missing)."""
+    config = getattr(model, "config", None)
+    p, pt = getattr(config, "patch_size", None), getattr(config, "patch_size_t", None)
+    if not isinstance(latents, torch.Tensor) or latents.dim() != 5 or not p or not pt:
+        return None
+    f, h, w = latents.shape[2:]
+    return (f // pt, h // p, w // p)
 
 
 def registry_of(model: torch.nn.Module) -> HookRegistry:

@@ -15,8 +15,8 @@ Like the diffusers processors, this adapter only supplies what the host knows: t
 calls numbered in order per forward: double blocks, then single blocks, matching ``dense_layers``) and the
 layout (``[B, H, N, D]``, video tokens first, so text starts at ``N - L_txt``). ``L_txt`` is read from the
 diffusion model's ``context`` argument by a ``DIFFUSION_MODEL`` wrapper, which also reports each forward to
-the runtime. The runtime (``xattn_video.runtime``) decides dense or sparse; dense calls run ComfyUI's own
-attention function.
+the runtime, with the video grid (``x``'s sides over ``patch_size``, for ``token_order="tile"``). The runtime
+(``xattn_video.runtime``) decides dense or sparse; dense calls run ComfyUI's own attention function.
 
 Nothing from ComfyUI is imported at module import time.
 
@@ -103,7 +103,8 @@ class XAttentionPatch:
         options = options if isinstance(options, dict) else {}
         schedule = options.get("sample_sigmas")
         self.runtime.begin_forward(step=step_index(options), timestep=current_sigma(options),
-                                   num_steps=len(schedule) - 1 if schedule is not None else None)
+                                   num_steps=len(schedule) - 1 if schedule is not None else None,
+                                   grid=video_grid(model, args, kwargs))
         self.txt_len, self.layer = txt_len, 0
         try:
             return executor(*args, **kwargs)
@@ -147,6 +148,24 @@ class XAttentionPatch:
         if kwargs.get("skip_output_reshape", False):
             return out
         return out.transpose(1, 2).reshape(b, n, h * d)
+
+
+def video_grid(model: Any, args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, int] | None:
+    """The video tokens' ``(frames, height, width)`` of a HunyuanVideo forward, as ComfyUI's ``img_ids``
+    counts them (latent sides over ``patch_size``, rounded); None when unknown or when reference-latent tokens
+    come before the video (then ``token_order="tile"`` refuses the call)."""
+    x = args[0] if args else kwargs.get("x")
+    ref_latent = args[8] if len(args) > 8 else kwargs.get("ref_latent")
+    patch = getattr(model, "patch_size", None)
+    if not isinstance(x, torch.Tensor) or ref_latent is not None or not patch:
+        return None
+    sides, patch = list(x.shape[2:]), list(patch)
+    if len(sides) == 2 and len(patch) == 2:  # an image model: one frame
+        sides, patch = [1, *sides], [1, *patch]
+    if len(sides) != 3 or len(patch) != 3:
+        return None
+    t, h, w = ((s + p // 2) // p for s, p in zip(sides, patch))
+    return (t, h, w)
 
 
 def is_hunyuan_video_model(model: Any) -> bool:

@@ -56,6 +56,9 @@ def _text_is_global(config: Any, name: str) -> None:
 
 
 def _check_request(layout: VideoLayout, request: Any) -> None:
+    if getattr(request, "order", None) is not None:  # the layout's positions are raster positions
+        raise ValueError("this mask source places blocks by the video layout's raster positions; the call is in "
+                         "token_order='tile' (accepted: token_order='raster' with layout-based sources)")
     n = request.q.shape[2]
     if request.global_start is None and n != layout.num_tokens:
         raise ValueError(f"global_start=None says the call has no text, but it has {n} tokens and the layout "

@@ -10,7 +10,9 @@ One function for every host, in this order (the first that applies gives the rea
 5. ``warmup``: the step is one of the first ``warmup_steps``;
 6. ``mask``: the host's attention mask is not a key-padding mask: ``fallback="dense"`` runs the host's own
    attention (logged once), ``"error"`` raises;
-7. otherwise sparse; the runtime then says where the mask came from (``estimated``, ``reused``, ``source``).
+7. otherwise sparse; the runtime then says where the mask came from (``estimated``, ``reused``, ``source``),
+   unless the mask keeps more than ``dense_above`` of the blocks: then the call runs dense after all,
+   ``above_break_even`` (decided by the runtime once the mask is known, see ``runtime.XAttentionRuntime``).
 
 Example::
 
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from ..config import XAttentionConfig
 from ..log import log_once
 
-DENSE_REASONS = ("short", "dense_layer", "exact", "unknown_step", "warmup", "mask")
+DENSE_REASONS = ("short", "dense_layer", "exact", "unknown_step", "warmup", "mask", "above_break_even")
 SPARSE_REASONS = ("estimated", "reused", "source")
 
 

@@ -37,6 +37,8 @@ class CallRecord:
         reason: why (``plan.DENSE_REASONS``) or where the sparse mask came from (``plan.SPARSE_REASONS``).
         density: fraction of block pairs computed (1.0 when dense).
         head_density: per head, mean over the batch (all 1.0 when dense).
+        mask_density: the density of the block mask the call selected (sparse calls: ``density``;
+            ``above_break_even``: the density that sent it dense); None when no mask was selected.
         time_s: wall time of the attention (GPU time between CUDA events on a GPU), None until resolved.
     """
 
@@ -47,11 +49,13 @@ class CallRecord:
     reason: str
     density: float
     head_density: tuple[float, ...]
+    mask_density: float | None = None
     time_s: float | None = None
 
     def key(self) -> tuple:
         """Everything but the time: what two hosts fed the same steps must agree on."""
-        return (self.step, self.call, self.layer, self.decision, self.reason, self.density, self.head_density)
+        return (self.step, self.call, self.layer, self.decision, self.reason, self.density, self.head_density,
+                self.mask_density)
 
 
 class CallTimer:

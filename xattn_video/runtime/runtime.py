@@ -4,7 +4,9 @@ A host adapter (the diffusers processors, the ComfyUI override) supplies, per tr
 knows of the step (``begin_forward``), and per attention call the layer index and the tensors in
 ``[B, H, N, D]`` with the text start (``attend``). The runtime plans the call (``plan.plan_call``), turns the
 host's key-padding mask into ``kv_len``, reuses or estimates the block mask (or asks the mask source), runs
-the op or the dense attention, and records the call (``record.RunRecord``).
+the op or the dense attention, and records the call (``record.RunRecord``). With ``token_order="tile"`` a
+sparse call's video tokens are permuted into tile order around the op (``xattn_video.token_order``); a call
+whose mask keeps more than ``dense_above`` of its blocks runs dense (``above_break_even``).
 
 Example::
 
@@ -24,9 +26,10 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..attention import dense_attention, xattention
+from ..attention import dense_attention, xattention, xattention_mask
 from ..block_mask import BlockSparseMask
 from ..config import OpConfig, XAttentionConfig, ceil_div
+from ..token_order import inverse_permutation, tile_permutation
 from .masks import MaskCache
 from .padding import Padding, key_padding
 from .plan import CallPlan, plan_call
@@ -46,6 +49,8 @@ class MaskRequest:
         step: 0-based denoising step (None when unknown); ``call``: forward within the step.
         config: the op's parameters (block size, thresholds, ...).
         v: ``[B, H, N, D]``, for sources that judge a mask by the attention output (SVG's profiling).
+        order: with ``config.token_order == "tile"``, the permutation the tensors are in: position ``i``
+            holds the model's (raster) token ``order[i]``; the mask is read in this order. None: raster.
     """
 
     q: torch.Tensor
@@ -57,6 +62,7 @@ class MaskRequest:
     call: int
     config: OpConfig
     v: torch.Tensor | None = None
+    order: torch.Tensor | None = None
 
 
 # returns the BlockSparseMask to attend with, in place of the antidiagonal estimate
@@ -99,6 +105,8 @@ class XAttentionRuntime:
         self.masks = MaskCache(config.schedule.mask_reuse_steps)
         self._padding_memo: tuple[Any, int, int, Padding] | None = None
         self._final_step = False
+        self._grid: tuple[int, int, int] | None = None
+        self._order_memo: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     # -- what the host reports ----------------------------------------------------------------------------
     @property
@@ -122,19 +130,24 @@ class XAttentionRuntime:
         """Name a layer for reports (e.g. ``"transformer_blocks.3.attn"``)."""
         self.record.layer_names[index] = name
 
-    def begin_forward(self, step: int | None = None, timestep: Any = None, num_steps: int | None = None) -> None:
+    def begin_forward(self, step: int | None = None, timestep: Any = None, num_steps: int | None = None,
+                      grid: tuple[int, int, int] | None = None) -> None:
         """One transformer forward begins: ``step`` if the host knows it, else its ``timestep`` / sigma;
-        ``num_steps`` if the host knows how many steps the run has (no mask is kept at the last one)."""
+        ``num_steps`` if the host knows how many steps the run has (no mask is kept at the last one);
+        ``grid``: the video tokens' ``(frames, height, width)`` after patchify, which ``token_order="tile"``
+        needs (the video tokens of every call of this forward)."""
         if self.clock.observe(step, timestep):
             self.masks.clear()
             self.record.clear()  # the record describes the latest run
         self.masks.expire(self.clock.step)
         self._final_step = num_steps is not None and self.clock.step is not None and self.clock.step >= num_steps - 1
         self._padding_memo = None
+        self._grid = tuple(int(x) for x in grid) if grid is not None else None
 
     def end_forward(self) -> None:
         """The forward ended: hold no reference to its tensors."""
         self._padding_memo = None
+        self._grid = None
 
     def end_run(self) -> None:
         """The run (one generation) ended: free the cached masks and forget the step count, so the next
@@ -155,7 +168,8 @@ class XAttentionRuntime:
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layer: int,
                mask: torch.Tensor | None = None, global_start: int | None = None,
-               host_attention: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
+               host_attention: Callable[[], torch.Tensor] | None = None,
+               grid: tuple[int, int, int] | None = None) -> torch.Tensor:
         """Attention of one call, dense or sparse as planned; ``[B, H, N, D]`` like q.
 
         Args:
@@ -166,19 +180,25 @@ class XAttentionRuntime:
             host_attention: the host's own exact attention for this call, returning ``[B, H, N, D]``; used
                 for dense calls. Without it: ``dense_attention`` (padded keys skipped), or, for a mask that is
                 not a key-padding mask, SDPA with that mask.
+            grid: the video grid ``(frames, height, width)`` of this call's video tokens; default: the one
+                given to ``begin_forward``. Needed by ``token_order="tile"`` (sparse calls are permuted into
+                tile order for the estimate and the attention, and the output back).
         """
         b, h, n, _ = q.shape
         padding = self._padding(mask, b, k.shape[2])
         plan = self.plan(layer=layer, n=n, heads=h, padding_why=padding.why)
         timer = CallTimer(q.is_cuda)
         step, call = self.clock.step, self.clock.call
-        if not plan.sparse:
+
+        def dense() -> torch.Tensor:
             if host_attention is not None:
-                out = host_attention()
-            elif padding.why is None:
-                out = dense_attention(q, k, v, padding.kv_len)
-            else:
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                return host_attention()
+            if padding.why is None:
+                return dense_attention(q, k, v, padding.kv_len)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+        if not plan.sparse:
+            out = dense()
             timer.stop()
             self.record.add(CallRecord(step, call, layer, "dense", plan.reason, 1.0, (1.0,) * h), timer)
             return out
@@ -189,25 +209,68 @@ class XAttentionRuntime:
             kv_len = torch.full((b,), k.shape[2], dtype=torch.long, device=q.device)
             lengths = (k.shape[2],) * b
         op = self.config.op
+        # tile order: the op works on permuted tokens (masks, cached ones included, are in that order)
+        order = self._tile_order(q, k, global_start, grid if grid is not None else self._grid, lengths)
+        qo, ko, vo = (q, k, v) if order is None else (t.index_select(2, order[0]) for t in (q, k, v))
         given = self.masks.get(layer=layer, call=call, step=step, lengths=lengths, q_len=n, n_keys=k.shape[2])
         reason = "reused"
         if given is None and self.mask_source is not None:
-            request = MaskRequest(q, k, kv_len, global_start, layer, step, call, op, v)
+            request = MaskRequest(qo, ko, kv_len, global_start, layer, step, call, op, vo,
+                                  None if order is None else order[0])
             given = _checked_source_mask(self.mask_source(request), q, k, kv_len)
             reason = "source"
         elif given is None:
+            given = xattention_mask(qo, ko, op, kv_len, layer=layer, global_start=global_start)
             reason = "estimated"
-        out, used = xattention(q, k, v, op, kv_len, layer=layer, global_start=global_start, mask=given)
         if reason != "reused" and not self._final_step:  # a mask of the last step would never be reused
-            self.masks.put(layer=layer, call=call, step=step, mask=used, lengths=lengths, n_keys=k.shape[2])
+            self.masks.put(layer=layer, call=call, step=step, mask=given, lengths=lengths, n_keys=k.shape[2])
+        density, per_head = _densities(given, h)
+        dense_above = self.config.schedule.dense_above
+        if dense_above is not None and density > dense_above:
+            # past the break-even the block-sparse kernel is slower than dense attention; the mask stays
+            # cached, so a reusing step decides the same without estimating again
+            out = dense()
+            timer.stop()
+            self.record.add(CallRecord(step, call, layer, "dense", "above_break_even", 1.0, (1.0,) * h,
+                                       mask_density=density), timer)
+            return out
+        out, _ = xattention(qo, ko, vo, op, kv_len, layer=layer, global_start=global_start, mask=given)
+        if order is not None:
+            out = out.index_select(2, order[1])
         timer.stop()
-        density, per_head = _densities(used, h)
-        self.record.add(CallRecord(step, call, layer, "sparse", reason, density, per_head), timer)
+        self.record.add(CallRecord(step, call, layer, "sparse", reason, density, per_head, mask_density=density),
+                        timer)
         return out
 
     def density_table(self) -> dict[int, dict[int, float]]:
         """``{step: {layer: mean density}}`` of the latest run (see ``RunRecord.density_table``)."""
         return self.record.density_table()
+
+    def _tile_order(self, q: torch.Tensor, k: torch.Tensor, global_start: int | None, grid: Any,
+                    lengths: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(permutation, inverse) into tile order for this call, or None for raster order."""
+        op = self.config.op
+        if op.token_order == "raster":
+            return None
+        n = q.shape[2]
+        n_video = n if global_start is None else global_start
+        if grid is None:
+            raise ValueError(
+                "token_order='tile' needs the video grid (frames, height, width in tokens) of every call: "
+                "diffusers: apply_xattention or attach_step_hook; ComfyUI: patch_model; by hand: "
+                "begin_forward(grid=...) or attend(grid=...)")
+        t, h, w = grid
+        if t * h * w != n_video:
+            raise ValueError(f"token_order='tile': the video grid {t} x {h} x {w} = {t * h * w} tokens does not match "
+                             f"this call's {n_video} video tokens (of {n}); accepted: a grid of exactly the video tokens")
+        if k.shape[2] != n or min(lengths) < n_video:
+            raise ValueError(f"token_order='tile' needs self-attention with every video key valid; got {n} queries, "
+                             f"{k.shape[2]} keys, valid key lengths {list(lengths)} for {n_video} video tokens")
+        key = (tuple(grid), op.tile_shape(), n, q.device)
+        if self._order_memo is None or self._order_memo[0] != key:
+            perm = tile_permutation(grid, op.tile_shape(), n, device=q.device)
+            self._order_memo = (key, (perm, inverse_permutation(perm)))
+        return self._order_memo[1]
 
     def _padding(self, mask: torch.Tensor | None, batch: int, n_keys: int) -> Padding:
         # every layer of a forward gets the same mask object: parse it (and sync the device) once
