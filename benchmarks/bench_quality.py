@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from xattn_video import XAttentionConfig, apply_xattention, remove_xattention  # noqa: E402
-from xattn_video.metrics.fidelity import ssim_per_frame  # noqa: E402
+from xattn_video.metrics.fidelity import ssim_per_frame, video_psnr  # noqa: E402
 from xattn_video.patterns import (SVG, Band, RandomSource, Radial, StaticSource, SVGSource, Temporal,  # noqa: E402
                                   VideoLayout, Window3D, fit_density)
 from xattn_video.proxy.data import caption_split  # noqa: E402
@@ -57,11 +57,6 @@ class Method:
     target: float | None = None  # the density it was sized for (None: its own)
     note: str = ""
     params: dict = field(default_factory=dict)
-
-
-def clip_psnr(ref: np.ndarray, test: np.ndarray) -> float:
-    mse = float(np.mean((ref.astype(np.float64) - test.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
 def build_methods(layout: VideoLayout, block: int, text: int, valid_text: int, toy: bool) -> list[Method]:
@@ -125,7 +120,7 @@ def run(pipe: Any, captions: list[str], seeds: list[int], size: dict, steps: int
 
 
 def judge(refs: list[np.ndarray], videos: list[np.ndarray], captions: list[str]) -> dict:
-    psnr = [clip_psnr(r, v) for r, v in zip(refs, videos)]
+    psnr = [video_psnr(r, v) for r, v in zip(refs, videos)]
     ssim = [float(np.mean(ssim_per_frame(r, v))) for r, v in zip(refs, videos)]
     follow = [follows_caption(v, c).followed for v, c in zip(videos, captions)]
     finite = [p for p in psnr if math.isfinite(p)]

@@ -61,7 +61,7 @@ def concentration(pipe: Any, captions: list[str], size: dict, steps: int, cfg: f
     every block, so the video is the dense one."""
     from xattn_video import XAttentionConfig, apply_xattention, remove_xattention
     from xattn_video.block_mask import BlockSparseMask
-    from xattn_video.estimate import estimate_mask
+    from xattn_video.estimate import dense_mask, estimate_mask
     from xattn_video.proxy.concentration import oracle_block_density
 
     per_layer: dict[int, list[float]] = {}
@@ -76,10 +76,7 @@ def concentration(pipe: Any, captions: list[str], size: dict, steps: int, cfg: f
                           keep_diagonal=True, max_density=None, global_start=req.global_start,
                           backend="triton" if q.is_cuda else "reference")
         estimate.setdefault(req.layer, []).append(m.density())
-        b, h, n = q.shape[:3]
-        qb, kb = -(-n // block_size), -(-k.shape[2] // block_size)
-        every = torch.ones(b, h, qb, kb, dtype=torch.bool, device=q.device)
-        return BlockSparseMask.from_dense(every, block_size, n, req.kv_len)
+        return dense_mask(q.shape[0], q.shape[2], req.kv_len, k.shape[2], block_size, q.device)
 
     config = XAttentionConfig(block_size=block_size, stride=16, threshold=0.9, warmup_steps=skip)
     apply_xattention(pipe, config, mask_source=probe)

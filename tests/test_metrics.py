@@ -189,3 +189,14 @@ def test_vbench_model_dims_run_when_weights_present(tmp_path, monkeypatch):
     assert "missing under" in out["skipped"]["aesthetic_quality"]
     assert "clip_model/ViT-L-14.pt" in out["skipped"]["aesthetic_quality"]
     assert "temporal_flickering" in out["computed"]
+
+
+def test_video_psnr_is_the_reports_clip_psnr():
+    from xattn_video.metrics import fidelity_report, video_psnr
+
+    rng = np.random.default_rng(3)
+    ref = rng.random((5, 16, 16, 3))
+    test = ref.copy()
+    test[0] = np.clip(test[0] + 0.1, 0, 1)  # one frame differs, the other four are identical
+    assert video_psnr(ref, test) == fidelity_report(ref, test)["psnr"]["video_psnr"]
+    assert np.isfinite(video_psnr(ref, test)) and video_psnr(ref, ref) == float("inf")

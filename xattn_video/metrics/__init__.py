@@ -9,12 +9,14 @@ Example::
     dims = vbench_dimensions(sparse_frames)                     # {"computed": ..., "skipped": ...}
 """
 
-from .fidelity import fidelity_report, lpips_per_frame, psnr_per_frame, ssim_per_frame, to_float_video
+from .fidelity import (fidelity_report, lpips_per_frame, psnr_per_frame, ssim_per_frame, to_float_video,
+                       video_psnr)
 from .vbench import ALL_DIMENSIONS, MODEL_DIMENSIONS, WEIGHT_FREE_DIMENSIONS, temporal_flickering, vbench_dimensions
 
 __all__ = [
     "fidelity_report",
     "psnr_per_frame",
+    "video_psnr",
     "ssim_per_frame",
     "lpips_per_frame",
     "to_float_video",

@@ -61,6 +61,17 @@ def psnr_per_frame(reference: VideoLike, test: VideoLike) -> List[float]:
     return [_psnr(m) for m in _mse_per_frame(ref, tst)]
 
 
+def video_psnr(reference: VideoLike, test: VideoLike) -> float:
+    """PSNR in dB of the MSE over the whole clip (peak 1.0); ``inf`` only when the clips are identical.
+
+    Example::
+
+        video_psnr(dense, sparse)    # one number per video, finite where a frame mean could be inf
+    """
+    ref, tst = _pair(reference, test)
+    return _psnr(float(np.mean(_mse_per_frame(ref, tst))))  # equal frame sizes: the mean is the clip's MSE
+
+
 def _mse_per_frame(ref: np.ndarray, tst: np.ndarray) -> List[float]:
     # frame by frame in float64: exact enough for PSNR > 100 dB, and no full-clip float64 temporaries
     return [float(np.mean((r.astype(np.float64) - t.astype(np.float64)) ** 2)) for r, t in zip(ref, tst)]
