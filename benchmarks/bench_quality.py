@@ -10,7 +10,10 @@ block-sparse kernel; only the block masks differ:
 - the peers' patterns (``xattn_video.patterns``), each sized to the largest that stays within density 0.3 and
   0.15: a 3D sliding window (STA), SVG's per-head spatial-or-temporal choice by online profiling (its MSE
   criterion on 64 sampled queries), Radial attention's energy-decay mask, and random blocks (the floor);
-- each with 0 / 10% / 20% of the steps dense.
+- each with 0 / 10% / 20% of the steps dense;
+- the quality levers (at the first warmup only), each at density 0.3 and 0.15: the 3D-tile token order, the
+  sink-aware estimate, per-head thresholds calibrated on *training* captions for that density
+  (``xattn_video.calibrate``), their combinations, and mask reuse for 2 / 3 / 4 steps.
 
 Per run: PSNR and SSIM of every video against its dense reference (mean over videos), the caption-following
 rate, the density after warmup, the attention time per step (CUDA events around each attention call, the
@@ -57,6 +60,7 @@ class Method:
     target: float | None = None  # the density it was sized for (None: its own)
     note: str = ""
     params: dict = field(default_factory=dict)
+    first_warmup_only: bool = False  # a lever: measured at the first warmup of the run order only
 
 
 def build_methods(layout: VideoLayout, block: int, text: int, valid_text: int, toy: bool) -> list[Method]:
@@ -91,6 +95,48 @@ def build_methods(layout: VideoLayout, block: int, text: int, valid_text: int, t
                               StaticSource(Radial(decay=p / 64), layout), d, note, {"decay": p / 64}))
         methods.append(Method(f"random @{d}", "random", peer_cfg,
                               RandomSource.for_density(d, layout, block, seed=0, **fit), d))
+    return methods
+
+
+LEVERS = {"": {}, " +tile": {"token_order": "tile"}, " +sink": {"sink_aware": True},
+          " +tile+sink": {"token_order": "tile", "sink_aware": True}}
+
+
+def build_lever_methods(pipe: Any, captions: list[str], size: dict, steps: int, warmup: int, block: int,
+                        stride: int, out: Path, toy: bool) -> list[Method]:
+    """The quality levers at each density: tile order and sink-aware scores on the capped estimate; per-head
+    thresholds calibrated for the density (profiled on training captions, dense, at this size) alone and with
+    the other levers; mask reuse. Writes each calibrated config and profile to ``out``."""
+    from xattn_video.calibrate import ThresholdProfiler, choose_thresholds, summarise
+
+    methods: list[Method] = []
+    for d in DENSITIES:
+        for name, lever in LEVERS.items():
+            if name:
+                methods.append(Method(f"XAttention tau=0.95 cap={d}{name}", "xattention cap" + name,
+                                      {"threshold": 0.95, "stride": stride, "max_density": d, **lever},
+                                      target=d, first_warmup_only=True))
+    for name in ("", " +tile", " +tile+sink") if not toy else ("", " +tile"):
+        lever = LEVERS[name]
+        profiler = ThresholdProfiler()
+        cfg = XAttentionConfig(block_size=block, stride=stride, warmup_steps=warmup, **lever)
+        run(pipe, captions, list(range(50_000, 50_000 + len(captions))), size, steps, len(captions), cfg, profiler)
+        profiler.profile.save(out / f"profile{name.replace(' +', '_')}.json")
+        for d in DENSITIES:
+            table = choose_thresholds(profiler.profile, density=d)
+            summary = summarise(profiler.profile, table)
+            cal = cfg.replace(threshold=table)
+            cal.save(out / f"calibrated{name.replace(' +', '_')}_{d}.yaml")
+            print(f"calibrated{name} @{d}: profiled density {summary['density']:.3f}, mass {summary['mass']:.3f} "
+                  f"(single tau {summary['single_tau']}: {summary['single_tau_density']:.3f}, "
+                  f"{summary['single_tau_mass']:.3f})", flush=True)
+            methods.append(Method(f"XAttention calibrated @{d}{name}", "xattention calibrated" + name,
+                                  {"threshold": table, "stride": stride, **lever}, target=d,
+                                  params={"profile": summary}, first_warmup_only=True))
+    for reuse in (2, 3, 4):
+        methods.append(Method(f"XAttention tau=0.95 cap=0.3 reuse={reuse}", "xattention cap reuse",
+                              {"threshold": 0.95, "stride": stride, "max_density": 0.3, "mask_reuse_steps": reuse},
+                              target=0.3, params={"mask_reuse_steps": reuse}, first_warmup_only=True))
     return methods
 
 
@@ -170,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmups", default="0.1,0,0.2", help="fractions of the steps run dense, in run order")
     ap.add_argument("--budget-s", type=float, default=470.0, help="stop starting new runs after this long")
+    ap.add_argument("--no-levers", dest="levers", action="store_false",
+                    help="skip the quality levers (tile order, sink-aware, calibrated thresholds, mask reuse)")
     ap.add_argument("--toy", action="store_true", help="CPU smoke test: small video, few methods")
     args = ap.parse_args(argv)
 
@@ -210,8 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     print(f"dense reference: {len(refs)} videos in {dense_stats['wall_s']:.1f} s, follows {dense_follow:.2f}")
     stopped = None
+    if args.levers:
+        train, _ = caption_split()
+        methods += build_lever_methods(pipe, train[::17][:2 if args.toy else 4], size, steps,
+                                       round(warmups[0] * steps), block, 8 if args.toy else 16, out, args.toy)
     for w in warmups:
         for m in methods:
+            if m.first_warmup_only and w != warmups[0]:
+                continue
             if time.perf_counter() - t_start > args.budget_s:
                 stopped = f"time budget {args.budget_s:.0f} s reached before {m.name} at warmup {w:.0%}"
                 break

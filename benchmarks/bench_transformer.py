@@ -43,16 +43,30 @@ TINY_LATENT = {"tiny": (3, 16, 16)}
 ROWS = [  # name, config (None = stock processor)
     ("stock", None),
     ("ours tau=1 (dense)", dict(threshold=1.0)),
-    ("xattn tau=0.95", dict(threshold=0.95)),
-    ("xattn tau=0.9", dict(threshold=0.9)),
     ("xattn max_density=0.3", dict(threshold=0.9, max_density=0.3)),
     ("xattn max_density=0.15", dict(threshold=0.9, max_density=0.15)),
     # the step after an estimating step, reusing its masks: no estimate cost
     ("xattn max_density=0.3, mask reused", dict(threshold=0.9, max_density=0.3, mask_reuse_steps=2)),
+    # the quality levers' costs: 3D-tile token order (permutation in and out), a per-head threshold table (as
+    # calibration writes; values alternate so that heads differ), the dense fallback above the break-even
+    ("xattn max_density=0.3, tile", dict(threshold=0.9, max_density=0.3, token_order="tile")),
+    ("xattn max_density=0.3, tile, mask reused", dict(threshold=0.9, max_density=0.3, token_order="tile",
+                                                      mask_reuse_steps=2)),
+    ("xattn max_density=0.3, per-head table", dict(max_density=0.3)),  # the table: per_head_table(model)
+    ("xattn tau=0.9, dense_above=0.6", dict(threshold=0.9, dense_above=0.6)),
+    ("xattn tau=0.95", dict(threshold=0.95)),
+    ("xattn tau=0.9", dict(threshold=0.9)),
 ]
 ATTN_KERNELS = ("_bsa_fwd", "fmha", "flash", "cudnn", "attention", "sdpa", "efficient")
 # the estimate kernels, then the torch ops of the selection (sort, cumsum, scatter, the mask's index sort)
 ESTIMATE_KERNELS = ("_est_partial", "_est_finish", "sort", "cumsum", "scatter", "radix", "segmented")
+
+
+def per_head_table(model) -> dict:
+    """A threshold table as calibration writes one (every layer, every head), values alternating 0.85 / 0.95."""
+    c = model.config
+    heads = [0.85 + 0.1 * (h % 2) for h in range(c.num_attention_heads)]
+    return {"default": 0.9, "heads": {layer: heads for layer in range(c.num_layers + c.num_single_layers)}}
 
 
 def sync(device: torch.device) -> None:
@@ -149,9 +163,11 @@ def warm_up_kernels(device, dtype, backend: str, tiny: bool, n: int) -> None:
     h, d = (2, 64) if tiny else (24, 128)
     q, k, v = (torch.randn(1, h, n, d, device=device, dtype=dtype) for _ in range(3))
     kv_len = torch.tensor([n - 30], device=device)
-    for overrides in [o for _, o in ROWS if o]:
+    for label, overrides in [(name, o) for name, o in ROWS if o]:
+        if label.endswith("per-head table"):  # one threshold per head is another kernel specialisation
+            overrides = {**overrides, "threshold": {"heads": {0: [0.85 + 0.1 * (i % 2) for i in range(h)]}}}
         cfg = XAttentionConfig(backend=backend, **({"block_size": 64, "stride": 8} if tiny else {}), **overrides)
-        xattention(q, k, v, cfg, kv_len, global_start=n - 64)
+        xattention(q, k, v, cfg, kv_len, layer=0, global_start=n - 64)
     dense_attention(q, k, v, kv_len)
     sync(device)
 
@@ -166,6 +182,8 @@ def bench_size(model, name: str, latent, args, device, dtype, backend: str) -> l
             remove_xattention(model)
             state = None
         else:
+            if label.endswith("per-head table"):
+                overrides = {**overrides, "threshold": per_head_table(model)}
             cfg = XAttentionConfig(warmup_steps=0, backend=backend, **({"block_size": 64, "stride": 8} if args.tiny
                                                                        else {}), **overrides)
             state = apply_xattention(model, cfg)

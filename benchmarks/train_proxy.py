@@ -62,7 +62,7 @@ def concentration(pipe: Any, captions: list[str], size: dict, steps: int, cfg: f
     from xattn_video import XAttentionConfig, apply_xattention, remove_xattention
     from xattn_video.block_mask import BlockSparseMask
     from xattn_video.estimate import dense_mask, estimate_mask
-    from xattn_video.proxy.concentration import oracle_block_density
+    from xattn_video.oracle import oracle_block_density
 
     per_layer: dict[int, list[float]] = {}
     estimate: dict[int, list[float]] = {}
@@ -101,6 +101,36 @@ def concentration(pipe: Any, captions: list[str], size: dict, steps: int, cfg: f
     }
 
 
+def held_out_follow(pipe: Any, held: list[str], small: dict, large: dict, steps: int, cfg: float) -> dict:
+    """Caption following on the held-out captions: 2 seeds at the small size, 1 at the large (30 steps)."""
+    follow = {}
+    for name, sz, seeds, n_steps in (("small", small, 2, steps), ("large", large, 1, 30)):
+        caps = [c for c in held for _ in range(seeds)]
+        seed_list = [20_000 + i for i in range(len(caps))]
+        t0 = time.perf_counter()
+        vids = sample(pipe, caps, seed_list, steps=n_steps, cfg=cfg, **sz)
+        follow[name] = {**sz, "steps": n_steps, "seconds": time.perf_counter() - t0, **follow_table(vids, caps)}
+        print(f"held-out following at {sz}: {follow[name]['rate']:.2f} of {len(caps)}", flush=True)
+    return follow
+
+
+def evaluate(folder: str, out: Path, held: list[str], choices: list, small: dict, large: dict, steps: int,
+             device: torch.device) -> int:
+    """Held-out following of a saved proxy under every sampler setting (no training, no selection)."""
+    pipe = load_proxy(folder).to(device)
+    if device.type == "cuda":
+        pipe.to(torch.bfloat16)
+    rows = []
+    for shift, cfg in choices:
+        set_shift(pipe, shift)
+        print(f"shift {shift}, cfg {cfg}:")
+        rows.append({"shift": shift, "cfg": cfg, **held_out_follow(pipe, held, small, large, steps, cfg)})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluate.json").write_text(json.dumps({"model": folder, "date": time.strftime("%Y-%m-%d"),
+                                                   "command": " ".join(sys.argv), "samplers": rows}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="output folder: the model folder and train_proxy.json")
@@ -110,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", help="a saved proxy folder to continue training from (its weights, a fresh "
                     "optimizer); the stages become one stage alternating both sizes")
     ap.add_argument("--resume-seconds", type=float, default=440.0)
+    ap.add_argument("--evaluate", help="no training: held-out caption following of this saved proxy folder under "
+                    "every sampler setting (shift x CFG), both sizes; writes OUT/evaluate.json")
     ap.add_argument("--toy", action="store_true", help="CPU smoke test: tiny sizes, a few steps")
     args = ap.parse_args(argv)
 
@@ -132,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         val, held = train_captions[::7][:16], held_out
         choices = [(1.0, 1.0), (3.0, 1.0), (1.0, 3.0), (3.0, 3.0)]
 
+    if args.evaluate:
+        return evaluate(args.evaluate, out, held, choices, small, large, steps, device)
     previous = None
     if args.resume:
         pipe = load_proxy(args.resume)
@@ -171,14 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                               "params": sum(p.numel() for p in pipe.transformer.parameters()),
                               "size": vars(size), "stages": [vars(s) for s in stages],
                               "train": log.as_dict(), "sampler_choice": picks, "chosen": best}
-    follow = {}
-    for name, sz, seeds, n_steps in (("small", small, 2, steps), ("large", large, 1, 30)):
-        caps = [c for c in held for _ in range(seeds)]
-        seed_list = [20_000 + i for i in range(len(caps))]
-        t0 = time.perf_counter()
-        vids = sample(pipe, caps, seed_list, steps=n_steps, cfg=best["cfg"], **sz)
-        follow[name] = {**sz, "steps": n_steps, "seconds": time.perf_counter() - t0, **follow_table(vids, caps)}
-        print(f"held-out following at {sz}: {follow[name]['rate']:.2f} of {len(caps)}")
+    follow = held_out_follow(pipe, held, small, large, steps, best["cfg"])
     seen_vids = sample(pipe, val, [30_000 + i for i in range(len(val))], steps=steps, cfg=best["cfg"], **small)
     follow["seen_small"] = follow_table(seen_vids, val)
     report["follow"] = follow

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from xattn_video.proxy.concentration import blocks_for_mass, oracle_block_density, oracle_block_mass
+from xattn_video.oracle import blocks_for_mass, oracle_block_density, oracle_block_mass
 from xattn_video.proxy.data import (COLOURS, DIRECTIONS, HELD_OUT, SHAPES, all_combinations, caption,
                                     caption_split, parse_caption, render, sample_specs)
 from xattn_video.proxy.follow import colour_centroids, follow_rate, follows_caption

@@ -6,6 +6,8 @@ Examples::
     xattn-video compare --prompt "a red fox" --model /models/HunyuanVideo --config hunyuan_720p_fast \\
         --frames 129 --height 720 --width 1280 --steps 50 --out out/fox
     xattn-video report out/fox                                          # re-render report.md and plots
+    xattn-video calibrate --model /models/HunyuanVideo --prompt "a red fox" --prompt "a city at night" \\
+        --frames 129 --height 720 --width 1280 --steps 50 --query-blocks 32 --out fox_calibrated.yaml
 """
 
 from __future__ import annotations
@@ -44,6 +46,34 @@ def _positive(name: str, minimum: int = 1):
     return parse
 
 
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help=f"YAML file or preset ({', '.join(preset_names())}); "
+                                    "default: proxy_cpu for the proxy, tiny_cpu for tiny, "
+                                    "hunyuan_720p_quality for a HunyuanVideo folder")
+    p.add_argument("--model", help="local diffusers HunyuanVideo folder, 'proxy' (the default: a small model "
+                                   "trained here on procedural video) or 'tiny' (random weights)")
+    p.add_argument("--steps", type=_positive("--steps"), help="denoising steps")
+    p.add_argument("--frames", type=_positive("--frames"), help="frames, 4k+1 (1, 5, ..., 129)")
+    p.add_argument("--height", type=_positive("--height", 16), help="pixels, a multiple of 16")
+    p.add_argument("--width", type=_positive("--width", 16), help="pixels, a multiple of 16")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup", type=_positive("--warmup", 0), help="override the config's warmup steps")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+
+def _fraction(name: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not 0.0 < value <= 1.0:
+            raise argparse.ArgumentTypeError(f"{name}={value} is out of range: accepted (0, 1]")
+        return value
+
+    return parse
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="xattn-video", description="Video generation with XAttention block-sparse attention.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -51,25 +81,30 @@ def _build_parser() -> argparse.ArgumentParser:
                             ("compare", "generate dense and sparse, report speedup and quality")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--prompt", required=True)
-        p.add_argument("--config", help=f"YAML file or preset ({', '.join(preset_names())}); "
-                                        "default: proxy_cpu for the proxy, tiny_cpu for tiny, "
-                                        "hunyuan_720p_quality for a HunyuanVideo folder")
-        p.add_argument("--model", help="local diffusers HunyuanVideo folder, 'proxy' (the default: a small model "
-                                       "trained here on procedural video) or 'tiny' (random weights)")
-        p.add_argument("--steps", type=_positive("--steps"), help="denoising steps")
-        p.add_argument("--frames", type=_positive("--frames"), help="frames, 4k+1 (1, 5, ..., 129)")
-        p.add_argument("--height", type=_positive("--height", 16), help="pixels, a multiple of 16")
-        p.add_argument("--width", type=_positive("--width", 16), help="pixels, a multiple of 16")
-        p.add_argument("--seed", type=int, default=0)
+        _add_model_args(p)
         p.add_argument("--threshold", type=float, help="override the config's threshold, in (0, 1]")
-        p.add_argument("--warmup", type=_positive("--warmup", 0), help="override the config's warmup steps")
-        p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
         p.add_argument("--out", default="out", help="output folder (default: out)")
         p.add_argument("--fps", type=_positive("--fps"), default=8)
         if name == "compare":
             p.add_argument("--lpips-weights", help="local AlexNet weights for LPIPS (else LPIPS is reported "
                                                    "unavailable)")
             p.add_argument("--vbench-weights", help="local VBench weights folder for the model-based dimensions")
+    c = sub.add_parser("calibrate", help="profile a few prompts dense; write per-layer, per-head thresholds")
+    c.add_argument("--prompt", action="append", help="a prompt to profile (repeat for several; 2-4 like the "
+                                                      "ones you will generate; default for the proxy: 2 of its "
+                                                      "training captions)")
+    _add_model_args(c)
+    budget = c.add_mutually_exclusive_group()
+    budget.add_argument("--mass", type=_fraction("--mass"),
+                        help="per head, the lowest threshold whose blocks keep this share of the true attention "
+                             "mass (default 0.95)")
+    budget.add_argument("--density", type=_fraction("--density"),
+                        help="instead: the thresholds that keep the most true mass at this mean density")
+    c.add_argument("--query-blocks", type=_positive("--query-blocks"),
+                   help="query blocks per call whose exact attention is computed (default: all; 16-32 keep a "
+                        "720p calibration affordable)")
+    c.add_argument("--out", default="calibrated.yaml", help="the config to write (default: calibrated.yaml); "
+                                                           "the profile goes beside it as .profile.json")
     r = sub.add_parser("report", help="re-render report.md and plots from DIR/report.json")
     r.add_argument("dir")
     return parser
@@ -80,7 +115,7 @@ def _settings(args: argparse.Namespace) -> tuple[XAttentionConfig, dict[str, Any
 
     preset, defaults = model_defaults(args.model)
     config = load_config(args.config or preset)
-    if args.threshold is not None:
+    if getattr(args, "threshold", None) is not None:
         config = config.replace(threshold=args.threshold)
     if args.warmup is not None:
         config = config.replace(warmup_steps=args.warmup)
@@ -145,11 +180,41 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from .calibrate import choose_thresholds, profile_thresholds, summarise
+    from .pipelines.hunyuan_video import load_pipeline, model_kind
+
+    config, sizes = _settings(args)
+    prompts = args.prompt
+    if not prompts:
+        if model_kind(args.model) != "proxy":
+            raise ValueError("--prompt is required for this model: give 2-4 prompts like the ones you will "
+                             "generate (repeat --prompt)")
+        from .proxy.data import caption_split
+
+        seen = caption_split()[0]
+        prompts = [seen[i * len(seen) // 2] for i in range(2)]
+    pipe = load_pipeline(args.model, device=args.device)
+    profile = profile_thresholds(pipe, prompts, config, seed=args.seed, query_blocks=args.query_blocks, **sizes)
+    budget = {"density": args.density} if args.density is not None else {"mass": args.mass or 0.95}
+    table = choose_thresholds(profile, **budget)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    config.replace(threshold=table).save(out)
+    profile.save(out.with_suffix(".profile.json"))
+    s = summarise(profile, table)
+    print(f"wrote {out} and {out.with_suffix('.profile.json')}: on the profiled calls, mean density "
+          f"{s['density']:.3f} keeping {s['mass']:.3f} of the true attention mass (one threshold for all, "
+          f"tau={s['single_tau']}: density {s['single_tau_density']:.3f}, mass {s['single_tau_mass']:.3f})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         args = _build_parser().parse_args(argv)
-        return {"generate": _generate, "compare": _compare, "report": _report}[args.command](args)
+        return {"generate": _generate, "compare": _compare, "calibrate": _calibrate,
+                "report": _report}[args.command](args)
     except (_UsageError, ValueError, FileNotFoundError, MissingExtraError) as e:
         if os.environ.get("XATTN_VIDEO_DEBUG"):
             raise

@@ -329,7 +329,7 @@ class XAttentionConfig:
         return cls(**flat)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None))
 
     @classmethod
     def load(cls, path: str | Path) -> "XAttentionConfig":

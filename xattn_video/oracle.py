@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import ceil_div
+from .config import ceil_div
 
 
 @torch.no_grad()
