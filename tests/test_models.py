@@ -240,3 +240,23 @@ def test_video_grid_of_each_model():
 
     assert video_grid(tiny_wan(), torch.zeros(1, 4, 3, 12, 12)) == (3, 6, 6)
     assert video_grid(tiny_hunyuan15(), torch.zeros(1, 4, 3, 6, 6)) == (3, 6, 6)
+
+
+@pytest.mark.parametrize("name", ["wan_720p", "hunyuan15_720p"])
+def test_presets_load_and_say_uncalibrated(name):
+    from xattn_video.config import PRESET_DIR, load_config
+
+    cfg = load_config(name)
+    assert (cfg.threshold, cfg.max_density, cfg.warmup_steps, cfg.block_size) == (0.9, 0.3, 10, 128)
+    assert "UNCALIBRATED" in (PRESET_DIR / f"{name}.yaml").read_text()
+
+
+@pytest.mark.parametrize("cls, family", [("WanPipeline", "Wan 2.1 / 2.2"), ("HunyuanVideo15Pipeline", "HunyuanVideo 1.5"),
+                                         ("FluxPipeline", None)])
+def test_loader_names_a_folder_it_cannot_run(tmp_path, cls, family):
+    from xattn_video.pipelines.hunyuan_video import load_pipeline
+
+    (tmp_path / "model_index.json").write_text(f'{{"_class_name": "{cls}"}}')
+    expected = f"holds a {cls} \\({family}\\).*apply_xattention" if family else f"holds a {cls}; accepted: a HunyuanVideoPipeline"
+    with pytest.raises(ValueError, match=expected):
+        load_pipeline(tmp_path, device="cpu")
