@@ -90,17 +90,17 @@ def make_inputs(name: str, model: torch.nn.Module, tiny: bool, valid_text: int, 
     t, h, w = spec["tiny_latent" if tiny else "latent"]
     cfg = model.config
     x = torch.randn(1, cfg.in_channels, t, h, w, generator=g, device=device, dtype=dtype)
-    timestep = torch.tensor([900.0], device=device)
     n_text = spec["tiny_text" if tiny else "text"]
     if name == "wan":  # the pipeline pads the umT5 embeddings to 512 with zeros and passes no mask
         text = torch.zeros(1, n_text, cfg.text_dim, device=device, dtype=dtype)
         text[:, :valid_text] = torch.randn(1, valid_text, cfg.text_dim, generator=g, device=device, dtype=dtype)
-        return dict(hidden_states=x, timestep=timestep, encoder_hidden_states=text, return_dict=False)
+        return dict(hidden_states=x, timestep=torch.tensor([900.0], device=device), encoder_hidden_states=text,
+                    return_dict=False)
     n_text_2, n_image = spec["tiny_text_2" if tiny else "text_2"], spec["tiny_image" if tiny else "image"]
     mask = torch.zeros(1, n_text, dtype=torch.long, device=device)
     mask[:, :valid_text] = 1
     return dict(
-        hidden_states=x, timestep=timestep,
+        hidden_states=x, timestep=torch.tensor([900.0], device=device, dtype=dtype),  # as the pipeline passes it
         encoder_hidden_states=torch.randn(1, n_text, cfg.text_embed_dim, generator=g, device=device, dtype=dtype),
         encoder_attention_mask=mask,
         encoder_hidden_states_2=torch.zeros(1, n_text_2, cfg.text_embed_2_dim, device=device, dtype=dtype),
