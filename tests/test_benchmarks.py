@@ -27,6 +27,26 @@ def test_bench_transformer_tiny_smoke(tmp_path):
     assert "| size | row | forward ms" in proc.stdout
 
 
+def test_bench_models_tiny_smoke(tmp_path):
+    """bench_models.py (Wan 2.1 14B / HunyuanVideo 1.5 rows on the GPU) at tiny size on the CPU."""
+    out = tmp_path / "bm.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_models.py"), "--tiny", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["model"], r["row"]) for r in rows] == [
+        (m, r) for m in ("wan", "hunyuan15") for r in ("stock", "ours dense", "xattn density 0.3", "xattn density 0.15")]
+    for r in rows:
+        assert r["finite"], r
+        if r["row"] == "ours dense":
+            assert r["rel_l2_vs_stock"] < 1e-5 and r["reasons"] == {"exact": 2}, "dense path equals stock on the CPU"
+        if r["row"].startswith("xattn"):
+            assert r["density"] < 1.0 and r["reasons"] == {"estimated": 2} and r["rel_l2_vs_stock"] > 0, r
+    wan = {r["row"]: r["density"] for r in rows if r["model"] == "wan"}
+    assert wan["xattn density 0.15"] < wan["xattn density 0.3"] <= 0.34  # the cap holds (no text in Wan's call)
+    assert "| model | row | tokens | forward ms" in proc.stdout
+
+
 def test_compare_patterns_tiny_smoke(tmp_path):
     out = tmp_path / "cp.json"
     proc = subprocess.run(

@@ -30,7 +30,7 @@ def test_comfy_loader_registers_every_node(tmp_path):
         assert comfy_nodes.NODE_CLASS_MAPPINGS[name] is cls
         assert comfy_nodes.NODE_DISPLAY_NAME_MAPPINGS[name] == NODE_DISPLAY_NAME_MAPPINGS[name]
     assert set(NODE_DISPLAY_NAME_MAPPINGS) == set(NODE_CLASS_MAPPINGS)
-    assert NODE_DISPLAY_NAME_MAPPINGS["XAttentionHunyuanVideo"] == "XAttention (HunyuanVideo)"
+    assert NODE_DISPLAY_NAME_MAPPINGS["XAttentionHunyuanVideo"] == "XAttention (HunyuanVideo / Wan)"
     assert NODE_CLASS_MAPPINGS["XAttentionCompare"].OUTPUT_NODE is True
 
 

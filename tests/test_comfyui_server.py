@@ -113,7 +113,7 @@ def test_nodes_are_served(server):
                  "XAttentionSample", "XAttentionCompare"):
         assert name in info, f"{name} is not registered:\n{server.tail()}"
         assert info[name]["category"] == "xattention"
-    assert info["XAttentionHunyuanVideo"]["display_name"] == "XAttention (HunyuanVideo)"
+    assert info["XAttentionHunyuanVideo"]["display_name"] == "XAttention (HunyuanVideo / Wan)"
     assert info["XAttentionCompare"]["output_node"] is True
     assert info["XAttentionSample"]["output"] == ["IMAGE"]
 

@@ -199,7 +199,8 @@ def test_processor_dict_and_bad_model():
     assert len(procs) == len(model.attn_processors)
     runtimes = {id(p.runtime) for k, p in procs.items() if isinstance(p, XAttentionProcessor)}
     assert len(runtimes) == 1, "one runtime shared by every layer"
-    with pytest.raises(ValueError, match="not a HunyuanVideo pipeline or transformer"):
+    with pytest.raises(ValueError, match="does not support Linear; supported transformers: HunyuanVideoTransformer3DModel, "
+                                         "HunyuanVideo15Transformer3DModel, WanTransformer3DModel"):
         apply_xattention(torch.nn.Linear(2, 2), SPARSE)
 
 

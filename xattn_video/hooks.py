@@ -97,14 +97,19 @@ class XAttentionHook(ModelHook):
 
 
 def video_grid(model: torch.nn.Module, latents: Any) -> tuple[int, int, int] | None:
-    """The video tokens' ``(frames, height, width)`` of a HunyuanVideo transformer forward: the latents'
-    ``[B, C, F, H, W]`` over the patch sizes of the model's config (None when either is missing)."""
+    """The video tokens' ``(frames, height, width)`` of a transformer forward: the latents' ``[B, C, F, H, W]``
+    over the patch sizes of the model's config (``patch_size_t`` and ``patch_size`` as in HunyuanVideo, or
+    Wan's ``patch_size = (t, h, w)``); None when either is missing."""
     config = getattr(model, "config", None)
     p, pt = getattr(config, "patch_size", None), getattr(config, "patch_size_t", None)
-    if not isinstance(latents, torch.Tensor) or latents.dim() != 5 or not p or not pt:
+    if isinstance(p, (tuple, list)) and len(p) == 3:
+        pt, ph, pw = p
+    else:
+        ph = pw = p
+    if not isinstance(latents, torch.Tensor) or latents.dim() != 5 or not ph or not pw or not pt:
         return None
     f, h, w = latents.shape[2:]
-    return (f // pt, h // p, w // p)
+    return (f // pt, h // ph, w // pw)
 
 
 def registry_of(model: torch.nn.Module) -> HookRegistry:

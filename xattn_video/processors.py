@@ -1,4 +1,6 @@
-"""diffusers host adapter: attention processors that hand HunyuanVideo's joint video+text attention to the runtime.
+"""diffusers host adapter: attention processors that hand HunyuanVideo's joint video+text attention to the runtime,
+and ``apply_xattention`` / ``remove_xattention`` for every supported model (the adapter is picked from the
+model class: ``xattn_video.models``, which holds HunyuanVideo 1.5's and Wan's processors).
 
 The processor does what diffusers' ``HunyuanVideoAttnProcessor2_0`` does around the attention (projections,
 QK norms, RoPE on the video tokens, text after video) and supplies the runtime the layer index and the
@@ -143,57 +145,82 @@ def _rope_video(x: torch.Tensor, n_video: int, rope: Any, apply_rotary_emb: Any)
 
 
 # -- applying to a model ---------------------------------------------------------------------------------
+# The model class picks the adapter (xattn_video.models): HunyuanVideo, HunyuanVideo 1.5, Wan 2.1 / 2.2.
+
+_PIPELINE_TRANSFORMERS = ("transformer", "transformer_2")  # Wan 2.2 A14B: high-noise, then low-noise expert
+
+
+def _transformers_of(pipe_or_transformer: Any) -> list[tuple[str, torch.nn.Module]]:
+    """``[(prefix, transformer), ...]``: a pipeline's transformers (Wan 2.2 has two), or the transformer given.
+
+    Raises:
+        ValueError: no supported transformer; the message names the class and the supported ones.
+    """
+    from .models import adapter_for
+
+    found = [(name, getattr(pipe_or_transformer, name)) for name in _PIPELINE_TRANSFORMERS
+             if isinstance(getattr(pipe_or_transformer, name, None), torch.nn.Module)]
+    if not found:
+        found = [("", pipe_or_transformer)]
+    for _, model in found:
+        adapter_for(model)
+    return found
+
 
 def _transformer_of(pipe_or_transformer: Any) -> torch.nn.Module:
-    model = getattr(pipe_or_transformer, "transformer", pipe_or_transformer)
-    if not (hasattr(model, "transformer_blocks") and hasattr(model, "single_transformer_blocks")
-            and hasattr(model, "set_attn_processor")):
-        raise ValueError(
-            f"{type(pipe_or_transformer).__name__} is not a HunyuanVideo pipeline or transformer: expected a "
-            "diffusers HunyuanVideoTransformer3DModel (with transformer_blocks and single_transformer_blocks)"
-        )
-    return model
+    """The (first) transformer of a pipeline, or the transformer given (see ``_transformers_of``)."""
+    return _transformers_of(pipe_or_transformer)[0][1]
 
 
 def block_attention_names(transformer: torch.nn.Module) -> list[str]:
-    """Names of the joint-attention modules, in layer order: double-stream blocks, then single-stream."""
+    """Names of the attention modules that get XAttention, in layer order (HunyuanVideo: double-stream
+    blocks, then single-stream; HunyuanVideo 1.5: every block; Wan: every block's self-attention)."""
+    from .models import adapter_for
+
     model = _transformer_of(transformer)
-    return [f"transformer_blocks.{i}.attn" for i in range(len(model.transformer_blocks))] + [
-        f"single_transformer_blocks.{i}.attn" for i in range(len(model.single_transformer_blocks))
-    ]
+    return adapter_for(model).attention_names(model)
 
 
 def xattention_processors(
     transformer: torch.nn.Module, config: XAttentionConfig | None = None, runtime: XAttentionRuntime | None = None,
-    *, mask_source: MaskSource | None = None,
+    *, mask_source: MaskSource | None = None, first_layer: int = 0, prefix: str = "",
 ) -> dict[str, Any]:
-    """A full processor dict for ``transformer.set_attn_processor``: XAttention in the double- and
-    single-stream blocks (layers 0.. in that order), the current processors elsewhere (token refiner)."""
+    """A full processor dict for ``transformer.set_attn_processor``: XAttention in the attention modules of
+    ``block_attention_names`` (layers ``first_layer..`` in that order, named ``prefix + name`` in reports), the
+    current processors elsewhere (token refiner, Wan's cross-attention)."""
+    from .models import adapter_for
+
     model = _transformer_of(transformer)
+    adapter = adapter_for(model)
     if runtime is None:
         runtime = XAttentionRuntime(config, mask_source=mask_source)
     elif mask_source is not None:
         raise ValueError("give mask_source to the runtime when passing one (XAttentionRuntime(config, mask_source=...))")
     processors = dict(model.attn_processors)
-    for index, name in enumerate(block_attention_names(model)):
-        runtime.register_layer(index, name)
-        processors[f"{name}.processor"] = XAttentionProcessor(runtime=runtime, layer=index, name=name)
+    for index, name in enumerate(adapter.attention_names(model), start=first_layer):
+        runtime.register_layer(index, prefix + name)
+        processors[f"{name}.processor"] = adapter.make_processor(runtime, index, prefix + name, model)
     return processors
 
 
 def apply_xattention(pipe_or_transformer: Any, config: XAttentionConfig | None = None, *,
                      mask_source: MaskSource | None = None) -> XAttentionRuntime:
-    """Put XAttention into a HunyuanVideo pipeline or transformer; returns its runtime (step, run record).
+    """Put XAttention into a pipeline or transformer; returns its runtime (step, run record).
 
-    Registers the ``"xattn_video"`` hook in the transformer's diffusers ``HookRegistry``: it installs one
-    processor per double/single-stream block and tells the runtime the denoising step of every forward
-    (dense for the first ``warmup_steps``). Applying again replaces the earlier config. Undo with
-    ``remove_xattention``; ``reset_stateful_hooks()`` resets the runtime.
+    Supported: HunyuanVideo, HunyuanVideo 1.5 and Wan 2.1 / 2.2 (``xattn_video.models``; the model class picks
+    the adapter). Registers the ``"xattn_video"`` hook in the transformer's diffusers ``HookRegistry``: it
+    installs the processors and tells the runtime the denoising step of every forward (dense for the first
+    ``warmup_steps``). A Wan 2.2 pipeline's two experts share one runtime; ``transformer_2``'s layers follow
+    ``transformer``'s. Applying again replaces the earlier config. Undo with ``remove_xattention``;
+    ``reset_stateful_hooks()`` resets the runtime.
 
     Args:
         config: the settings (default ``XAttentionConfig()``).
         mask_source: optional ``MaskRequest -> BlockSparseMask`` used instead of the antidiagonal estimate on
             the calls the plan makes sparse (see ``XAttentionRuntime``).
+
+    Raises:
+        ValueError: an unsupported model class (the message names it and the supported ones).
 
     Example::
 
@@ -202,9 +229,14 @@ def apply_xattention(pipe_or_transformer: Any, config: XAttentionConfig | None =
     """
     from .hooks import XAttentionHook, register_xattention_hook
 
-    model = _transformer_of(pipe_or_transformer)
+    models = _transformers_of(pipe_or_transformer)
     runtime = XAttentionRuntime(config, mask_source=mask_source)
-    register_xattention_hook(model, XAttentionHook(runtime, xattention_processors(model, runtime=runtime)))
+    first = 0
+    for prefix, model in models:
+        label = f"{prefix}." if len(models) > 1 else ""
+        processors = xattention_processors(model, runtime=runtime, first_layer=first, prefix=label)
+        register_xattention_hook(model, XAttentionHook(runtime, processors))
+        first += len(block_attention_names(model))
     return runtime
 
 
@@ -212,10 +244,10 @@ def remove_xattention(pipe_or_transformer: Any) -> None:
     """Remove the ``"xattn_video"`` hook: the processors that were there before come back."""
     from .hooks import HOOK_NAME, registry_of
 
-    model = _transformer_of(pipe_or_transformer)
-    registry = registry_of(model)
-    if registry.get_hook(HOOK_NAME) is not None:
-        registry.remove_hook(HOOK_NAME, recurse=False)
+    for _, model in _transformers_of(pipe_or_transformer):
+        registry = registry_of(model)
+        if registry.get_hook(HOOK_NAME) is not None:
+            registry.remove_hook(HOOK_NAME, recurse=False)
 
 
 def runtime_of(pipe_or_transformer: Any) -> XAttentionRuntime | None:

@@ -1,4 +1,5 @@
-"""ComfyUI host adapter: XAttention for ComfyUI's native HunyuanVideo model, via ``optimized_attention_override``.
+"""ComfyUI host adapter: XAttention for ComfyUI's native HunyuanVideo and Wan models, via
+``optimized_attention_override``.
 
 ComfyUI's attention functions (``comfy/ldm/modules/attention.py``) are wrapped by ``wrap_attn``: when
 ``transformer_options`` holds ``"optimized_attention_override"``, every attention call becomes
@@ -17,6 +18,11 @@ layout (``[B, H, N, D]``, video tokens first, so text starts at ``N - L_txt``). 
 diffusion model's ``context`` argument by a ``DIFFUSION_MODEL`` wrapper, which also reports each forward to
 the runtime, with the video grid (``x``'s sides over ``patch_size``, for ``token_order="tile"``). The runtime
 (``xattn_video.runtime``) decides dense or sparse; dense calls run ComfyUI's own attention function.
+
+Wan (``comfy/ldm/wan/model.py``, ``WanXAttentionPatch``): each block's self-attention over the video tokens
+goes to the runtime (one layer per block, no text in it); the cross-attention to the text and CLIP image tokens
+stays on ComfyUI's attention. HunyuanVideo 1.5 is not in the ComfyUI this project vendors (0.3.64); ComfyUI
+added it later (Comfy-Org/ComfyUI pull request 10819), untested here.
 
 Nothing from ComfyUI is imported at module import time.
 
@@ -40,6 +46,7 @@ from ..runtime.padding import key_padding_lengths  # noqa: F401  (the one parser
 PATCH_KEY = "xattn_video"  # key of our DIFFUSION_MODEL wrapper on the ModelPatcher
 STATE_ATTR = "xattention_runtime"  # attribute of the patched ModelPatcher that holds the XAttentionRuntime
 TRANSFORMER_OPTIONS_ARG = 11  # position of transformer_options in HunyuanVideo.forward's arguments
+WAN_TRANSFORMER_OPTIONS_ARG = 5  # ... and in WanModel.forward's
 
 
 def step_index(transformer_options: dict[str, Any]) -> int | None:
@@ -121,9 +128,8 @@ class XAttentionPatch:
             if n in kwargs and n not in got:
                 got[n] = kwargs[n]
         q, k, v, heads = got.get("q"), got.get("k"), got.get("v"), got.get("heads")
-        txt_len = self.txt_len
-        if txt_len is None or not all(isinstance(t, torch.Tensor) for t in (q, k, v)) or heads is None:
-            return func(*args, **kwargs)  # outside a HunyuanVideo forward (or an unknown call form)
+        if not self._inside_forward() or not all(isinstance(t, torch.Tensor) for t in (q, k, v)) or heads is None:
+            return func(*args, **kwargs)  # outside a forward of the model (or an unknown call form)
 
         skip_reshape = bool(kwargs.get("skip_reshape", False))
         if skip_reshape:
@@ -132,8 +138,9 @@ class XAttentionPatch:
         else:
             b, n, hd = q.shape
             h, d, n_k = int(heads), hd // int(heads), k.shape[1]
-        if n_k != n or n <= txt_len:
-            return func(*args, **kwargs)  # token refiner (text only) or cross-attention: not ours
+        ours, global_start = self._select(n, n_k)
+        if not ours:
+            return func(*args, **kwargs)
 
         layer = self.layer
         self.layer += 1
@@ -143,11 +150,78 @@ class XAttentionPatch:
         def comfy_attention() -> torch.Tensor:  # ComfyUI's own function, output as [B, H, N, D]
             return func(*args, **{**kwargs, "skip_output_reshape": True})
 
-        out = self.runtime.attend(q, k, v, layer=layer, mask=got.get("mask"), global_start=n - txt_len,
+        out = self.runtime.attend(q, k, v, layer=layer, mask=got.get("mask"), global_start=global_start,
                                   host_attention=comfy_attention)
         if kwargs.get("skip_output_reshape", False):
             return out
         return out.transpose(1, 2).reshape(b, n, h * d)
+
+    def _inside_forward(self) -> bool:
+        return self.txt_len is not None
+
+    def _select(self, n: int, n_k: int) -> tuple[bool, int | None]:
+        """Whether a call of ``n`` queries over ``n_k`` keys is ours, and where its text starts: HunyuanVideo's
+        joint attention (video then text), not the token refiner's text-only attention."""
+        assert self.txt_len is not None
+        return n_k == n and n > self.txt_len, n - self.txt_len
+
+
+class WanXAttentionPatch(XAttentionPatch):
+    """The override and wrapper for ComfyUI's native Wan (2.1 / 2.2; ``comfy.ldm.wan.model.WanModel`` and its
+    subclasses).
+
+    A Wan block calls attention two or three times: self-attention over the video tokens (``q``, ``k``, ``v``
+    ``[B, N, H*D]``, no mask), then cross-attention to the text (``k`` of the context's length) and, in I2V, to
+    the CLIP image tokens. Only the self-attention is ours (layers numbered in call order: one per block, VACE
+    blocks included); text never enters it (``global_start=None``). A call is self-attention when its keys are
+    as many as its queries; where that count equals a cross-attention's key count the call cannot be told apart:
+    it stays on ComfyUI's attention (logged once).
+    """
+
+    def __init__(self, config: XAttentionConfig, mask_source: MaskSource | None = None) -> None:
+        super().__init__(config, mask_source=mask_source)
+        self.cross_lengths: tuple[int, ...] | None = None  # per forward: key counts of the cross-attention calls
+
+    def diffusion_model_wrapper(self, executor: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Report the forward's step and grid to the runtime, record the cross-attention lengths.
+
+        WanModel.forward(x, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs) is executed
+        with positional arguments."""
+        context = args[2] if len(args) > 2 else kwargs.get("context")
+        clip_fea = args[3] if len(args) > 3 else kwargs.get("clip_fea")
+        options = args[WAN_TRANSFORMER_OPTIONS_ARG] if len(args) > WAN_TRANSFORMER_OPTIONS_ARG else kwargs.get(
+            "transformer_options")
+        if not isinstance(context, torch.Tensor):
+            log_once("xattn_video: Wan forward without a `context` tensor; XAttention is off for it")
+            return executor(*args, **kwargs)
+        model = getattr(executor, "class_obj", None)
+        lengths = {int(context.shape[1])}
+        if isinstance(clip_fea, torch.Tensor):
+            lengths |= {int(clip_fea.shape[-2]), int(clip_fea.shape[-2]) + int(context.shape[1])}
+        options = options if isinstance(options, dict) else {}
+        schedule = options.get("sample_sigmas")
+        self.runtime.begin_forward(step=step_index(options), timestep=current_sigma(options),
+                                   num_steps=len(schedule) - 1 if schedule is not None else None,
+                                   grid=wan_video_grid(model, args, kwargs))
+        self.cross_lengths, self.layer = tuple(sorted(lengths)), 0
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self.cross_lengths, self.layer = None, 0
+            self.runtime.end_forward()
+
+    def _inside_forward(self) -> bool:
+        return self.cross_lengths is not None
+
+    def _select(self, n: int, n_k: int) -> tuple[bool, int | None]:
+        assert self.cross_lengths is not None
+        if n_k != n:
+            return False, None  # cross-attention
+        if n in self.cross_lengths:
+            log_once(f"xattn_video: a Wan attention call of {n} queries and keys cannot be told from cross-attention "
+                     f"(text / image key counts {list(self.cross_lengths)}); it stays on ComfyUI's attention")
+            return False, None
+        return True, None
 
 
 def video_grid(model: Any, args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, int] | None:
@@ -168,6 +242,28 @@ def video_grid(model: Any, args: tuple, kwargs: dict[str, Any]) -> tuple[int, in
     return (t, h, w)
 
 
+def wan_video_grid(model: Any, args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, int] | None:
+    """The video tokens' ``(frames, height, width)`` of a Wan forward: ``x`` (and ``time_dim_concat``) padded to
+    the patch size, over it; None when unknown or with a reference latent (its tokens come first)."""
+    x = args[0] if args else kwargs.get("x")
+    concat = args[4] if len(args) > 4 else kwargs.get("time_dim_concat")
+    patch = getattr(model, "patch_size", None)
+    if not isinstance(x, torch.Tensor) or x.dim() != 5 or not patch or len(patch) != 3 \
+            or "reference_latent" in kwargs:
+        return None
+    frames = x.shape[2] + (concat.shape[2] if isinstance(concat, torch.Tensor) else 0)
+    t, h, w = (-(-s // p) for s, p in zip((frames, x.shape[3], x.shape[4]), patch))
+    return (t, h, w)
+
+
+def is_wan_model(model: Any) -> bool:
+    """True when ``model`` is a ComfyUI ModelPatcher whose diffusion model is the native Wan (2.1 / 2.2)."""
+    from comfy.ldm.wan.model import WanModel
+
+    inner = getattr(getattr(model, "model", None), "diffusion_model", None)
+    return isinstance(inner, WanModel)
+
+
 def is_hunyuan_video_model(model: Any) -> bool:
     """True when ``model`` is a ComfyUI ModelPatcher whose diffusion model is the native HunyuanVideo."""
     from comfy.ldm.hunyuan_video.model import HunyuanVideo  # ComfyUI only exists when running inside it
@@ -178,26 +274,32 @@ def is_hunyuan_video_model(model: Any) -> bool:
 
 def patch_model(model: Any, config: XAttentionConfig, *,
                 mask_source: MaskSource | None = None) -> tuple[Any, XAttentionRuntime]:
-    """A clone of ComfyUI ``MODEL`` ``model`` whose HunyuanVideo joint attention runs XAttention.
+    """A clone of ComfyUI ``MODEL`` ``model`` whose attention runs XAttention: HunyuanVideo's joint video+text
+    attention, or Wan's self-attention over the video tokens (its cross-attention stays on ComfyUI's).
 
     The input is never modified. The clone gets ``transformer_options["optimized_attention_override"]`` and a
     ``DIFFUSION_MODEL`` wrapper keyed ``"xattn_video"`` (replacing an earlier one), and its runtime as
     ``clone.xattention_runtime``. ``mask_source``: see ``XAttentionRuntime``.
 
     Raises:
-        TypeError: ``model`` is not a ModelPatcher, or its diffusion model is not ComfyUI's HunyuanVideo.
+        TypeError: ``model`` is not a ModelPatcher, or its diffusion model is neither ComfyUI's HunyuanVideo
+            nor its Wan.
     """
     import comfy.patcher_extension
 
     if not hasattr(model, "clone") or not hasattr(model, "model_options"):
         raise TypeError(f"model must be a ComfyUI MODEL (ModelPatcher), got {type(model).__name__}")
-    if not is_hunyuan_video_model(model):
+    if is_hunyuan_video_model(model):
+        patch = XAttentionPatch(config, mask_source=mask_source)
+    elif is_wan_model(model):
+        patch = WanXAttentionPatch(config, mask_source=mask_source)
+    else:
         inner = getattr(getattr(model, "model", None), "diffusion_model", None)
         raise TypeError(
-            f"XAttention (HunyuanVideo) needs a HunyuanVideo model; this MODEL's diffusion model is "
+            f"XAttention needs a HunyuanVideo or Wan model (comfy.ldm.hunyuan_video.model.HunyuanVideo, "
+            f"comfy.ldm.wan.model.WanModel); this MODEL's diffusion model is "
             f"{type(inner).__name__} ({type(getattr(model, 'model', None)).__name__})"
         )
-    patch = XAttentionPatch(config, mask_source=mask_source)
     m = model.clone()
     m.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = patch
     wrapper_type = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL

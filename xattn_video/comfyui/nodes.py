@@ -129,26 +129,27 @@ def parse_dense_layers(text: str) -> tuple[int, ...]:
 # -- native ------------------------------------------------------------------------------------------------
 
 class XAttentionHunyuanVideo:
-    """Patch ComfyUI's native HunyuanVideo MODEL so its joint self-attention runs XAttention.
+    """Patch ComfyUI's native HunyuanVideo or Wan MODEL so its self-attention runs XAttention.
 
-    Returns a clone; the input MODEL is untouched. The token refiner and short sequences keep ComfyUI's
-    attention. The clone carries ``xattention_runtime`` (its run record: per-call densities and decisions).
+    Returns a clone; the input MODEL is untouched. The token refiner (HunyuanVideo), cross-attention (Wan) and
+    short sequences keep ComfyUI's attention. The clone carries ``xattention_runtime`` (its run record: per-call densities and decisions).
     """
 
-    DESCRIPTION = ("Block-sparse XAttention for ComfyUI's native HunyuanVideo model: video+text joint attention "
-                   "of every double and single block keeps only the key blocks the antidiagonal estimate "
-                   "selects. Returns a patched copy of the model.")
+    DESCRIPTION = ("Block-sparse XAttention for ComfyUI's native HunyuanVideo and Wan 2.1 / 2.2 models: "
+                   "HunyuanVideo's video+text joint attention of every double and single block, or Wan's "
+                   "self-attention over the video tokens (its cross-attention stays dense), keeps only the key "
+                   "blocks the antidiagonal estimate selects. Returns a patched copy of the model.")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
-            "model": ("MODEL", {"tooltip": "A HunyuanVideo model (e.g. from Load Diffusion Model)."}),
+            "model": ("MODEL", {"tooltip": "A HunyuanVideo or Wan 2.1 / 2.2 model (e.g. from Load Diffusion Model)."}),
             **_config_inputs(),
         }, "optional": {"dense_layers": _DENSE_LAYERS_INPUT, "mask_reuse_steps": _MASK_REUSE_INPUT}}
 
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The same model with XAttention in its joint attention (a clone).",)
+    OUTPUT_TOOLTIPS = ("The same model with XAttention in its video self-attention (a clone).",)
     FUNCTION = "patch"
     CATEGORY = CATEGORY
 
@@ -450,7 +451,7 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
-    "XAttentionHunyuanVideo": "XAttention (HunyuanVideo)",
+    "XAttentionHunyuanVideo": "XAttention (HunyuanVideo / Wan)",
     "XAttentionLoadPipeline": "XAttention Load Pipeline",
     "XAttentionConfig": "XAttention Config",
     "XAttentionApply": "XAttention Apply",

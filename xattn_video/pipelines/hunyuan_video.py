@@ -87,6 +87,7 @@ def load_pipeline(model: str | Path | None = None, device: str | torch.device | 
     if not path.is_dir():
         raise FileNotFoundError(f"model folder {str(path)!r} does not exist (give a local diffusers HunyuanVideo "
                                 "folder, or omit --model for the embedded proxy model)")
+    check_pipeline_class(path)
     missing = [p for p in ("model_index.json", *REQUIRED_SUBFOLDERS) if not (path / p).exists()]
     if missing:
         raise ValueError(f"model folder {str(path)!r} is incomplete: missing {', '.join(missing)} "
@@ -98,6 +99,30 @@ def load_pipeline(model: str | Path | None = None, device: str | torch.device | 
     pipe.to(device)
     pipe.xattn_model_name = str(path)
     return pipe
+
+
+# pipelines whose transformers XAttention supports (apply_xattention), but that load_pipeline does not run yet
+PYTHON_API_ONLY = {"WanPipeline": "Wan 2.1 / 2.2", "WanImageToVideoPipeline": "Wan 2.1 / 2.2",
+                   "HunyuanVideo15Pipeline": "HunyuanVideo 1.5", "HunyuanVideo15ImageToVideoPipeline": "HunyuanVideo 1.5"}
+
+
+def check_pipeline_class(path: Path) -> None:
+    """Raise ``ValueError`` when the folder's ``model_index.json`` names a pipeline other than
+    ``HunyuanVideoPipeline`` (a folder without one is left to the completeness check)."""
+    import json
+
+    index = path / "model_index.json"
+    try:
+        name = json.loads(index.read_text()).get("_class_name") if index.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        name = None
+    if name is None or name == "HunyuanVideoPipeline":
+        return
+    if name in PYTHON_API_ONLY:
+        raise ValueError(f"model folder {str(path)!r} holds a {name} ({PYTHON_API_ONLY[name]}): this loader (CLI, "
+                         "ComfyUI pipeline nodes) runs HunyuanVideo folders only; load it with diffusers and call "
+                         "xattn_video.apply_xattention(pipe, config) (see the README)")
+    raise ValueError(f"model folder {str(path)!r} holds a {name}; accepted: a HunyuanVideoPipeline folder")
 
 
 def check_video_size(num_frames: int, height: int, width: int,
