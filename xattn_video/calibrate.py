@@ -126,7 +126,8 @@ class ThresholdProfiler:
         rows = _sample_rows(max(1, min(ceil_div(n_video, bs), n // bs)), self.query_blocks, q.device)
         q_blocks = torch.nn.functional.pad(q, (0, 0, 0, ceil_div(n, bs) * bs - n)).unflatten(2, (-1, bs))
         q_sel = q_blocks.index_select(2, rows).flatten(2, 3)  # whole blocks, in order: row i is block rows[i]
-        oracle = oracle_block_mass(q_sel, k, bs, req.kv_len)  # [B, H, R, KB]
+        chunk = max(16, min(2048, (1 << 29) // (b * h * k.shape[2])))  # ~2 GiB of float32 logits at a time
+        oracle = oracle_block_mass(q_sel, k, bs, req.kv_len, chunk=chunk)  # [B, H, R, KB]
         backend = resolve_backend(op, q)
         scores = block_scores(q, k, bs, op.stride, req.kv_len, backend, sink_aware=op.sink_aware)
         global_start = req.global_start if op.keep_text else None
