@@ -43,9 +43,24 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         result = _checks(rank, world)
+        result["cli_rc"] = _cli(rank, world, out_dir)
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def _cli(rank: int, world: int, out_dir: str) -> int:
+    """``xattn-video generate`` on the tiny model: rank 0 alone as one process into ``single/``, then both
+    ranks as torchrun would start them into ``cp/`` (rank 0 writes)."""
+    from xattn_video.cli import main
+
+    args = ["generate", "--prompt", "a red fox", "--model", "tiny", "--frames", "9", "--height", "96", "--width",
+            "128", "--steps", "3", "--warmup", "1", "--device", "cpu"]
+    if rank == 0:
+        assert main(args + ["--out", os.path.join(out_dir, "single")]) == 0
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    return main(args + ["--out", os.path.join(out_dir, "cp")])
 
 
 def _checks(rank: int, world: int) -> dict:

@@ -26,10 +26,32 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
+def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("cp")
     mp.spawn(worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def ranks(run_dir):
+    return [torch.load(run_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+def test_cli_under_torchrun_writes_once_the_single_process_video(run_dir, ranks):
+    """Both ranks end well, rank 0 wrote the files: the same video and densities as one process."""
+    import json
+
+    from xattn_video.video_io import read_mp4
+
+    assert [r["cli_rc"] for r in ranks] == [0, 0]
+    assert sorted(p.name for p in (run_dir / "cp").iterdir()) == ["summary.json", "video.mp4"]
+    single, cp = (json.loads((run_dir / d / "summary.json").read_text()) for d in ("single", "cp"))
+    assert cp["density"]["reasons"] == single["density"]["reasons"]
+    for row_cp, row_single in zip(cp["density"]["per_step_layer"], single["density"]["per_step_layer"], strict=True):
+        assert row_cp == pytest.approx(row_single, abs=1e-9)
+    assert 0 < cp["density"]["mean_sparse_steps"] < 1
+    a, b = (read_mp4(run_dir / d / "video.mp4").astype(float) for d in ("single", "cp"))
+    assert a.shape == b.shape and abs(a - b).max() <= 2.0, "the same frames (up to the video codec)"
 
 
 def _close(a, b, tol=1e-5):

@@ -184,6 +184,27 @@ def enable_context_parallel(pipe_or_transformer: Any, config: Any = None) -> Any
     return model._parallel_config
 
 
+def init_from_torchrun(device: str | None = None) -> tuple[int, int, str]:
+    """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``): NCCL with one GPU
+    per process when CUDA is there (and ``device`` is not ``"cpu"``), else gloo on the CPU. Returns
+    ``(rank, world_size, device)``; ``(0, 1, device)`` outside torchrun."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    else:
+        device = "cpu"
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    return torch.distributed.get_rank(), world, device
+
+
 def _enable_without_accelerator(model: torch.nn.Module, config: Any, plan: dict) -> None:
     """``enable_parallelism``'s steps on a CPU-only machine (see the module docstring)."""
     from diffusers import ContextParallelConfig, ParallelConfig
