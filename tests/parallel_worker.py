@@ -44,10 +44,26 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
     try:
         result = _checks(rank, world)
         result["cli_rc"] = _cli(rank, world, out_dir)
+        _bench(out_dir)  # last: the benchmark leaves the process group when it ends
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def _bench(out_dir: str) -> None:
+    """``benchmarks/bench_parallel.py --tiny`` (its CPU smoke mode) in these two processes, as torchrun runs it."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_parallel
+
+    argv, sys.argv = sys.argv, ["bench_parallel.py", "--tiny", "--out", os.path.join(out_dir, "bench.json")]
+    try:
+        bench_parallel.main()
+    finally:
+        sys.argv = argv
 
 
 def _cli(rank: int, world: int, out_dir: str) -> int:

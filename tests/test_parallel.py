@@ -117,6 +117,20 @@ def test_error_cases(ranks):
         assert "\n" not in r["err_ring"] + r["err_text"] + r["err_no_config"]
 
 
+def test_bench_parallel_tiny_smoke(run_dir):
+    """benchmarks/bench_parallel.py --tiny ran in the two processes: rows, exact agreement on the CPU."""
+    import json
+
+    result = json.loads((run_dir / "bench.json").read_text())
+    assert result["meta"]["world"] == 2 and "not a performance figure" in result["meta"]["note"]
+    rows = {r["row"]: r for r in result["rows"]}
+    assert set(rows) == {"dense", "density 0.3"}
+    for r in rows.values():
+        assert r["finite"] and r["ms_1"] > 0 and r["ms_n"] > 0 and 0 < r["all_to_all_share"] < 1
+        assert r["rel_l2_vs_1"] < 1e-5 and r["masks_differing"] == 0 and not r["mask_count_mismatch"]
+    assert rows["density 0.3"]["masks_compared"] > 0 and rows["dense"]["masks_compared"] == 0
+
+
 # -- one process ---------------------------------------------------------------------------------------------
 
 def test_sliced_op_cuts_per_head_thresholds_to_the_rank():
