@@ -76,19 +76,26 @@ class UlyssesGroup:
     timed: bool = False
     _events: list = field(default_factory=list, repr=False)
     _seconds: float = 0.0
+    _mask_memo: tuple | None = field(default=None, repr=False)
 
     @classmethod
     def from_parallel_config(cls, parallel_config: Any) -> "UlyssesGroup":
         """The Ulysses group of a diffusers ``ParallelConfig`` / ``ContextParallelConfig`` (set up by
-        ``enable_parallelism`` or ``context_parallel.enable_context_parallel``); ring attention is refused."""
+        ``enable_parallelism`` or ``context_parallel.enable_context_parallel``); ring attention is refused.
+        One instance per config: all layers of a model share it (and its memoised key mask)."""
         cp = context_parallel_config(parallel_config)
+        known = _GROUPS.get(id(cp))
+        if known is not None and known[0] is cp:
+            return known[1]
         if cp is None:
             raise ValueError("no context-parallel config: enable it first (context_parallel.enable_context_parallel)")
         check_context_parallel(cp)
         mesh = getattr(cp, "_ulysses_mesh", None)
         if mesh is None:
             raise ValueError("the ContextParallelConfig is not set up (no device mesh): enable it on the model first")
-        return cls(mesh.get_group(), int(cp.ulysses_degree), int(cp._ulysses_local_rank))
+        group = cls(mesh.get_group(), int(cp.ulysses_degree), int(cp._ulysses_local_rank))
+        _GROUPS[id(cp)] = (cp, group)
+        return group
 
     # -- exchanges ------------------------------------------------------------------------------------------
     def scatter_heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -125,6 +132,9 @@ class UlyssesGroup:
         as is (the host passed the whole sequence's mask)."""
         if mask.shape[-1] == n_total:
             return mask
+        memo = self._mask_memo  # every layer of a forward gets the same mask: one all-gather per forward
+        if memo is not None and memo[0] is mask and memo[1] == (n_video, n_total):
+            return memo[2]
         s_loc = mask.shape[-1]
         if s_loc * self.degree != n_total:
             raise ValueError(f"attention mask over {s_loc} keys; expected this rank's {n_total // self.degree} "
@@ -135,7 +145,9 @@ class UlyssesGroup:
         parts = [torch.empty_like(flat) for _ in range(self.degree)]
         torch.distributed.all_gather(parts, flat, group=self.group)
         full = torch.cat([p[:, :n_video] for p in parts] + [p[:, n_video:] for p in parts], dim=1)
-        return full.to(dtype).reshape(*mask.shape[:-1], n_total)
+        full = full.to(dtype).reshape(*mask.shape[:-1], n_total)
+        self._mask_memo = (mask, (n_video, n_total), full)
+        return full
 
     # -- agreements -----------------------------------------------------------------------------------------
     def gather_floats(self, values: list[float]) -> list[list[float]]:
@@ -174,6 +186,9 @@ class UlyssesGroup:
         else:
             torch.distributed.all_to_all_single(out, x, group=self.group)
         return out
+
+
+_GROUPS: dict[int, tuple[Any, UlyssesGroup]] = {}  # id(ContextParallelConfig) -> (it, its group)
 
 
 def _comm_device(group: Any) -> torch.device:
