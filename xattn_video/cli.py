@@ -8,6 +8,8 @@ Examples::
     xattn-video report out/fox                                          # re-render report.md and plots
     xattn-video calibrate --model /models/HunyuanVideo --prompt "a red fox" --prompt "a city at night" \\
         --frames 129 --height 720 --width 1280 --steps 50 --query-blocks 32 --out fox_calibrated.yaml
+    torchrun --nproc-per-node 2 -m xattn_video.cli generate --prompt "a red fox" --model /models/HunyuanVideo \
+        --config hunyuan_720p_fast --frames 129 --height 720 --width 1280 --out out/fox2   # Ulysses, rank 0 writes
 """
 
 from __future__ import annotations
@@ -129,16 +131,46 @@ def _settings(args: argparse.Namespace) -> tuple[XAttentionConfig, dict[str, Any
     return config, sizes
 
 
+_OWN_GROUP = [False]  # this run joined the process group (torchrun), so it leaves it at the end
+
+
+def _dist_initialized() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, int]:
+    """The pipeline, with Ulysses context parallelism over the ranks when run under torchrun; and the rank."""
+    from .pipelines.hunyuan_video import load_pipeline
+
+    rank, world, device = 0, 1, args.device
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from .context_parallel import init_from_torchrun
+
+        joined = not _dist_initialized()
+        rank, world, device = init_from_torchrun(args.device)
+        _OWN_GROUP[0] = joined
+    pipe = load_pipeline(args.model, device=device)
+    if world > 1:
+        from .context_parallel import enable_context_parallel
+
+        enable_context_parallel(pipe)
+    return pipe, rank
+
+
 def _generate(args: argparse.Namespace) -> int:
-    from .pipelines.hunyuan_video import load_pipeline, model_name, timed_generate
+    from .pipelines.hunyuan_video import model_name, timed_generate
     from .processors import apply_xattention
     from .report.schema import DensityReport, GenerateSummary
     from .video_io import write_mp4
 
     config, sizes = _settings(args)
-    pipe = load_pipeline(args.model, device=args.device)
+    pipe, rank = _load(args)
     runtime = apply_xattention(pipe, config)
     gen = timed_generate(pipe, args.prompt, seed=args.seed, **sizes)
+    if rank != 0:  # every rank made the same video; rank 0 writes it
+        return 0
     out = Path(args.out)
     video_path = write_mp4(gen.video, out / "video.mp4", fps=args.fps)
     summary = GenerateSummary(
@@ -157,12 +189,14 @@ def _compare(args: argparse.Namespace) -> int:
     from .extras import require
 
     require("ssim", "plots", what="xattn-video compare")  # before a model is loaded or a video generated
-    from .pipelines.hunyuan_video import compare, load_pipeline
+    from .pipelines.hunyuan_video import compare
 
     config, sizes = _settings(args)
-    pipe = load_pipeline(args.model, device=args.device)
-    result = compare(pipe, args.prompt, config, seed=args.seed, out_dir=args.out, lpips_weights=args.lpips_weights,
-                     vbench_weights=args.vbench_weights, **sizes)
+    pipe, rank = _load(args)
+    result = compare(pipe, args.prompt, config, seed=args.seed, out_dir=args.out if rank == 0 else None,
+                     lpips_weights=args.lpips_weights, vbench_weights=args.vbench_weights, **sizes)
+    if rank != 0:
+        return 0
     t = result.report["timing"]
     print(f"speedup end to end {t['speedup_end_to_end']:.2f}x, denoise {t['speedup_denoise']:.2f}x; "
           f"report in {Path(args.out) / 'report.md'}")
@@ -220,6 +254,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"xattn-video: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if _OWN_GROUP[0]:  # torchrun: leave the process group this run joined
+            _OWN_GROUP[0] = False
+            if _dist_initialized():
+                sys.modules["torch.distributed"].destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -72,6 +72,12 @@ class XAttentionHook(ModelHook):
 
     def deinitalize_hook(self, module: torch.nn.Module) -> torch.nn.Module:  # diffusers' spelling
         if self.original is not None:
+            # parallelism enabled while XAttention was in: the restored processors must know it too
+            parallel = getattr(module, "_parallel_config", None)
+            if getattr(parallel, "context_parallel_config", None) is not None:
+                for proc in self.original.values():
+                    if hasattr(proc, "_parallel_config"):
+                        proc._parallel_config = parallel
             module.set_attn_processor(dict(self.original))
             self.original = None
         return module

@@ -7,6 +7,11 @@ QK norms, RoPE on the video tokens, text after video) and supplies the runtime t
 tensors in ``[B, H, N, D]``; the runtime decides dense or sparse (``xattn_video.runtime``). Steps come from
 the ``"xattn_video"`` hook (``xattn_video.hooks``).
 
+Under diffusers' context parallelism (``xattn_video.context_parallel``; diffusers sets ``_parallel_config`` on
+the processors, ``apply_xattention`` copies the model's) a processor holds this rank's shard of the video and
+text tokens: it exchanges them (``xattn_video.parallel``, Ulysses) so that the runtime sees the whole sequence
+in single-GPU order for this rank's heads, and exchanges the output back. Ring attention is refused.
+
 Two ways in::
 
     from xattn_video import XAttentionConfig, apply_xattention, remove_xattention
@@ -28,6 +33,7 @@ from typing import Any
 import torch
 
 from .config import XAttentionConfig
+from .parallel import UlyssesGroup, context_parallel_config
 from .runtime import MaskSource, XAttentionRuntime
 
 
@@ -51,6 +57,9 @@ class XAttentionProcessor:
         transformer.set_attn_processor(proc)
     """
 
+    # set by diffusers' enable_parallelism (and by apply_xattention from the model): context parallelism
+    _parallel_config: Any = None
+
     def __init__(self, config: XAttentionConfig | None = None, runtime: XAttentionRuntime | None = None,
                  layer: int | None = None, name: str | None = None, *, mask_source: MaskSource | None = None) -> None:
         if runtime is not None and mask_source is not None:
@@ -61,6 +70,7 @@ class XAttentionProcessor:
         self.name = name
         self._order: dict[int, int] = {}
         self._fallback: Any = None
+        self._ulysses: tuple[Any, UlyssesGroup | None] = (None, None)
 
     @property
     def config(self) -> XAttentionConfig:
@@ -103,10 +113,26 @@ class XAttentionProcessor:
                 ek = attn.norm_added_k(ek)
             query, key, value = (torch.cat(p, dim=1) for p in ((query, eq), (key, ek), (value, ev)))
 
-        q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [B, H, N, D]
-        out = self.runtime.attend(q, k, v, layer=layer, mask=attention_mask,
-                                  global_start=n_video if n_text else None)
-        out = out.transpose(1, 2).flatten(2, 3).to(query.dtype)
+        ulysses = self._ulysses_group()
+        if ulysses is None:
+            if attention_mask is not None and attention_mask.shape[-1] != n_video + n_text:
+                raise ValueError(
+                    f"xattn_video: the attention mask covers {attention_mask.shape[-1]} keys, this call has "
+                    f"{n_video + n_text} tokens: the sequence is sharded (context parallelism?) but this processor "
+                    "has no parallel config; apply XAttention with apply_xattention after enable_context_parallel")
+            q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [B, H, N, D]
+            out = self.runtime.attend(q, k, v, layer=layer, mask=attention_mask,
+                                      global_start=n_video if n_text else None)
+            out = out.transpose(1, 2)
+        else:  # this rank's tokens -> the whole sequence for its heads, and back
+            degree = ulysses.degree
+            if attention_mask is not None:
+                attention_mask = ulysses.gather_key_mask(attention_mask, n_video, (n_video + n_text) * degree)
+            q, k, v = ulysses.scatter_heads(query, key, value, n_video)
+            out = self.runtime.attend(q, k, v, layer=layer, mask=attention_mask,
+                                      global_start=n_video * degree if n_text else None, shard=ulysses)
+            out = ulysses.gather_heads(out, n_video)
+        out = out.flatten(2, 3).to(query.dtype)
 
         if encoder_hidden_states is None:
             return out
@@ -116,6 +142,14 @@ class XAttentionProcessor:
         if getattr(attn, "to_add_out", None) is not None:
             encoder_out = attn.to_add_out(encoder_out)
         return out, encoder_out
+
+    def _ulysses_group(self) -> UlyssesGroup | None:
+        """The Ulysses group of ``_parallel_config`` (None without context parallelism); ring is refused."""
+        config = self._parallel_config
+        if self._ulysses[0] is not config:
+            cp = context_parallel_config(config)
+            self._ulysses = (config, UlyssesGroup.from_parallel_config(config) if cp is not None else None)
+        return self._ulysses[1]
 
     def _layer_of(self, attn: Any) -> int:
         if self.layer is not None:
@@ -197,9 +231,14 @@ def xattention_processors(
     elif mask_source is not None:
         raise ValueError("give mask_source to the runtime when passing one (XAttentionRuntime(config, mask_source=...))")
     processors = dict(model.attn_processors)
+    parallel = getattr(model, "_parallel_config", None)
+    if context_parallel_config(parallel) is not None:
+        UlyssesGroup.from_parallel_config(parallel)  # refuses ring attention now, not at the first call
     for index, name in enumerate(adapter.attention_names(model), start=first_layer):
         runtime.register_layer(index, prefix + name)
-        processors[f"{name}.processor"] = adapter.make_processor(runtime, index, prefix + name, model)
+        proc = adapter.make_processor(runtime, index, prefix + name, model)
+        proc._parallel_config = parallel  # Wan's and HunyuanVideo 1.5's processors refuse it at their first call
+        processors[f"{name}.processor"] = proc
     return processors
 
 
@@ -212,7 +251,9 @@ def apply_xattention(pipe_or_transformer: Any, config: XAttentionConfig | None =
     installs the processors and tells the runtime the denoising step of every forward (dense for the first
     ``warmup_steps``). A Wan 2.2 pipeline's two experts share one runtime; ``transformer_2``'s layers follow
     ``transformer``'s. Applying again replaces the earlier config. Undo with ``remove_xattention``;
-    ``reset_stateful_hooks()`` resets the runtime.
+    ``reset_stateful_hooks()`` resets the runtime. Under context parallelism (HunyuanVideo only;
+    ``context_parallel.enable_context_parallel``, before or after this call) the processors run Ulysses:
+    every rank the whole sequence for its heads, the same decisions and record on every rank.
 
     Args:
         config: the settings (default ``XAttentionConfig()``).

@@ -6,7 +6,10 @@ knows of the step (``begin_forward``), and per attention call the layer index an
 host's key-padding mask into ``kv_len``, reuses or estimates the block mask (or asks the mask source), runs
 the op or the dense attention, and records the call (``record.RunRecord``). With ``token_order="tile"`` a
 sparse call's video tokens are permuted into tile order around the op (``xattn_video.token_order``); a call
-whose mask keeps more than ``dense_above`` of its blocks runs dense (``above_break_even``).
+whose mask keeps more than ``dense_above`` of its blocks runs dense (``above_break_even``). Under Ulysses
+sequence parallelism (``attend(..., shard=...)``, ``xattn_video.parallel``) a call holds the whole sequence for
+this rank's heads: the plan sees all the model's heads, per-head thresholds are cut to the rank's, and the
+densities (``dense_above``, the record) are those of all heads of all ranks, so every rank decides alike.
 
 Example::
 
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 from ..attention import dense_attention, xattention, xattention_mask
 from ..block_mask import BlockSparseMask
 from ..config import OpConfig, XAttentionConfig, ceil_div
+from ..parallel import sliced_op
 from ..token_order import inverse_permutation, tile_permutation
 from .masks import MaskCache
 from .padding import Padding, key_padding
@@ -107,6 +111,7 @@ class XAttentionRuntime:
         self._final_step = False
         self._grid: tuple[int, int, int] | None = None
         self._order_memo: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._op_memo: dict[tuple[int, int, int], OpConfig] = {}
 
     # -- what the host reports ----------------------------------------------------------------------------
     @property
@@ -169,7 +174,7 @@ class XAttentionRuntime:
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layer: int,
                mask: torch.Tensor | None = None, global_start: int | None = None,
                host_attention: Callable[[], torch.Tensor] | None = None,
-               grid: tuple[int, int, int] | None = None) -> torch.Tensor:
+               grid: tuple[int, int, int] | None = None, shard: Any = None) -> torch.Tensor:
         """Attention of one call, dense or sparse as planned; ``[B, H, N, D]`` like q.
 
         Args:
@@ -183,10 +188,13 @@ class XAttentionRuntime:
             grid: the video grid ``(frames, height, width)`` of this call's video tokens; default: the one
                 given to ``begin_forward``. Needed by ``token_order="tile"`` (sparse calls are permuted into
                 tile order for the estimate and the attention, and the output back).
+            shard: under Ulysses sequence parallelism, the ``parallel.UlyssesGroup`` whose rank holds these
+                ``H`` heads (of ``H * degree``) over the whole sequence; None: one process.
         """
         b, h, n, _ = q.shape
+        h_all = h if shard is None else h * shard.degree
         padding = self._padding(mask, b, k.shape[2])
-        plan = self.plan(layer=layer, n=n, heads=h, padding_why=padding.why)
+        plan = self.plan(layer=layer, n=n, heads=h_all, padding_why=padding.why)
         timer = CallTimer(q.is_cuda)
         step, call = self.clock.step, self.clock.call
 
@@ -200,7 +208,7 @@ class XAttentionRuntime:
         if not plan.sparse:
             out = dense()
             timer.stop()
-            self.record.add(CallRecord(step, call, layer, "dense", plan.reason, 1.0, (1.0,) * h), timer)
+            self.record.add(CallRecord(step, call, layer, "dense", plan.reason, 1.0, (1.0,) * h_all), timer)
             return out
 
         kv_len = padding.kv_len
@@ -208,7 +216,7 @@ class XAttentionRuntime:
         if kv_len is None:
             kv_len = torch.full((b,), k.shape[2], dtype=torch.long, device=q.device)
             lengths = (k.shape[2],) * b
-        op = self.config.op
+        op = self.config.op if shard is None else self._shard_op(shard.head_start(h), h, h_all)
         # tile order: the op works on permuted tokens (masks, cached ones included, are in that order)
         order = self._tile_order(q, k, global_start, grid if grid is not None else self._grid, lengths)
         qo, ko, vo = (q, k, v) if order is None else (t.index_select(2, order[0]) for t in (q, k, v))
@@ -224,14 +232,14 @@ class XAttentionRuntime:
             reason = "estimated"
         if reason != "reused" and not self._final_step:  # a mask of the last step would never be reused
             self.masks.put(layer=layer, call=call, step=step, mask=given, lengths=lengths, n_keys=k.shape[2])
-        density, per_head = _densities(given, h)
+        density, per_head = _densities(given, h, shard)
         dense_above = self.config.schedule.dense_above
         if dense_above is not None and density > dense_above:
             # past the break-even the block-sparse kernel is slower than dense attention; the mask stays
             # cached, so a reusing step decides the same without estimating again
             out = dense()
             timer.stop()
-            self.record.add(CallRecord(step, call, layer, "dense", "above_break_even", 1.0, (1.0,) * h,
+            self.record.add(CallRecord(step, call, layer, "dense", "above_break_even", 1.0, (1.0,) * h_all,
                                        mask_density=density), timer)
             return out
         out, _ = xattention(qo, ko, vo, op, kv_len, layer=layer, global_start=global_start, mask=given)
@@ -245,6 +253,12 @@ class XAttentionRuntime:
     def density_table(self) -> dict[int, dict[int, float]]:
         """``{step: {layer: mean density}}`` of the latest run (see ``RunRecord.density_table``)."""
         return self.record.density_table()
+
+    def _shard_op(self, start: int, count: int, total: int) -> OpConfig:
+        key = (start, count, total)
+        if key not in self._op_memo:
+            self._op_memo[key] = sliced_op(self.config.op, start, count, total)
+        return self._op_memo[key]
 
     def _tile_order(self, q: torch.Tensor, k: torch.Tensor, global_start: int | None, grid: Any,
                     lengths: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -303,12 +317,16 @@ def _checked_source_mask(mask: Any, q: torch.Tensor, k: torch.Tensor, kv_len: to
         kv_len=mask.kv_len.to(q.device))
 
 
-def _densities(mask: BlockSparseMask, heads: int) -> tuple[float, tuple[float, ...]]:
-    """Overall and per-head (mean over the batch) density, with one transfer from the device."""
+def _densities(mask: BlockSparseMask, heads: int, shard: Any = None) -> tuple[float, tuple[float, ...]]:
+    """Overall and per-head (mean over the batch) density, with one transfer from the device; with a
+    ``shard``, over all heads of all its ranks (the same numbers on every rank)."""
     counts = mask.kv_counts.to(torch.float64).sum(-1)  # [B, H']
     total = mask.valid_kv_blocks().to(torch.float64) * mask.num_q_blocks  # [B]
     per_sample_head = counts / total[:, None]
     values = torch.cat([(counts.sum() / (total.sum() * counts.shape[1])).reshape(1),
                         per_sample_head.mean(0)]).tolist()
     per_head = values[1:] * heads if len(values) == 2 and heads > 1 else values[1:]
-    return values[0], tuple(per_head)
+    if shard is None:
+        return values[0], tuple(per_head)
+    parts = shard.gather_floats([values[0], *per_head])  # equal head counts: the mean of the ranks' means
+    return sum(p[0] for p in parts) / len(parts), tuple(x for p in parts for x in p[1:])
