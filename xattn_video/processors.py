@@ -27,6 +27,7 @@ import torch
 
 from .config import XAttentionConfig
 from .runtime import MaskSource, XAttentionRuntime
+from .runtime.traced import attend, runtime_key
 
 
 class XAttentionProcessor:
@@ -55,6 +56,7 @@ class XAttentionProcessor:
             raise ValueError("give mask_source to the runtime (XAttentionRuntime(config, mask_source=...)), "
                              "not to a processor that shares one")
         self.runtime = runtime if runtime is not None else XAttentionRuntime(config, mask_source=mask_source)
+        self._key = runtime_key(self.runtime)  # torch.compile calls the runtime through a custom op
         self.layer = layer
         self.name = name
         self._order: dict[int, int] = {}
@@ -102,8 +104,8 @@ class XAttentionProcessor:
             query, key, value = (torch.cat(p, dim=1) for p in ((query, eq), (key, ek), (value, ev)))
 
         q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [B, H, N, D]
-        out = self.runtime.attend(q, k, v, layer=layer, mask=attention_mask,
-                                  global_start=n_video if n_text else None)
+        out = attend(self.runtime, self._key, q, k, v, layer=layer, mask=attention_mask,
+                     global_start=n_video if n_text else None)
         out = out.transpose(1, 2).flatten(2, 3).to(query.dtype)
 
         if encoder_hidden_states is None:
