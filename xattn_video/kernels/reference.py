@@ -235,11 +235,8 @@ def softmax_or_zero(logits: torch.Tensor) -> torch.Tensor:
             [0., 0.],
             [nan, nan]])
     """
-    m = logits.amax(-1, keepdim=True)
-    m = torch.where(m == float("-inf"), 0.0, m)
-    e = (logits - m).exp()
-    total = e.sum(-1, keepdim=True)
-    return e / torch.where(total > 0, total, 1.0)
+    no_finite = logits.amax(-1, keepdim=True) == float("-inf")  # NaN rows: amax is NaN, not -inf
+    return torch.where(no_finite, 0.0, logits.softmax(-1))  # torch's softmax: the same numbers as before
 
 
 def _kv_len_or_full(kv_len: torch.Tensor | None, b: int, n_k: int, device: torch.device) -> torch.Tensor:
