@@ -17,12 +17,15 @@ Three parts, one per command (each fits the 10-minute limit of one run at 720p; 
 - ``quality``: the embedded proxy model (trained here on procedural video) at 17 x 64 x 64, ``--prompts``
   held-out captions, 30 steps: dense, XAttention, First-Block-Cache and both, PSNR of each video against the
   dense video of the same seed, density, skipped steps, seconds. Labelled as the proxy's numbers.
+- ``determinism``: the same sparse forward twice at ``--size``: are the estimated masks identical, and the largest
+  output difference.
 
     python benchmarks/bench_compose.py --part step --size 720p --rows dense --out $OUT/compose_step_dense.json
     python benchmarks/bench_compose.py --part step --size 720p --rows sparse --out $OUT/compose_step_sparse.json
     python benchmarks/bench_compose.py --part e2e --size 720p --steps 8 --rows stock,xattention --out $OUT/e2e_a.json
     python benchmarks/bench_compose.py --part e2e --size 720p --steps 8 --rows fbc,both --out $OUT/e2e_b.json
     python benchmarks/bench_compose.py --part quality --out $OUT/compose_quality.json
+    python benchmarks/bench_compose.py --part determinism --size 720p --out $OUT/compose_determinism.json
     python benchmarks/bench_compose.py --tiny --out out/compose_tiny.json     # CPU smoke test, all parts
 """
 
@@ -255,9 +258,46 @@ def part_quality(args, device) -> list[dict]:
     return rows
 
 
+def part_determinism(args, device, dtype) -> list[dict]:
+    """Two sparse forwards of the same inputs: are the estimated masks identical, how far apart are the outputs
+    (atomics-free kernels should give 0; cuDNN / cuBLAS may not)."""
+    import xattn_video.runtime.runtime as runtime_module
+
+    model = build_model(device, dtype, args.tiny)
+    latent = TINY_LATENT["tiny"] if args.tiny else LATENT[args.size]
+    inputs = make_inputs(model, latent, args.text, args.valid_text, device, dtype)
+    runtime = apply_xattention(model, sparse_config(args.tiny, warmup_steps=0))
+    estimate = runtime_module.xattention_mask
+    runs: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
+
+    def recording(*a: Any, **kw: Any):
+        mask = estimate(*a, **kw)
+        runs[-1][1].append(mask.kv_indices.clone())
+        return mask
+
+    runtime_module.xattention_mask = recording
+    try:
+        for _ in range(2):
+            runtime.reset()
+            runs.append((None, []))  # type: ignore[arg-type]
+            with torch.no_grad():
+                out = model(**inputs)[0]
+            runs[-1] = (out.float().clone(), runs[-1][1])
+    finally:
+        runtime_module.xattention_mask = estimate
+        remove_xattention(model)
+    (a, ma), (b, mb) = runs
+    row = {"row": "sparse forward twice", "masks": len(ma), "masks_identical": len(ma) == len(mb) and all(
+        torch.equal(x, y) for x, y in zip(ma, mb)), "max_abs_diff": float((a - b).abs().max()),
+        "identical": bool(torch.equal(a, b))}
+    print(f"  determinism masks identical {row['masks_identical']} ({row['masks']})  max |diff| {row['max_abs_diff']:.3g}",
+          flush=True)
+    return [row]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--part", choices=["step", "e2e", "quality", "all"], default="all")
+    ap.add_argument("--part", choices=["step", "e2e", "quality", "determinism", "all"], default="all")
     ap.add_argument("--size", choices=sorted(LATENT), default="720p")
     ap.add_argument("--steps", type=int, default=10, help="e2e: denoising steps")
     ap.add_argument("--warmup", type=int, default=1, help="e2e: dense warmup steps of XAttention")
@@ -281,7 +321,7 @@ def main() -> None:
         if not torch.cuda.is_available():
             sys.exit("bench_compose.py needs a CUDA GPU (use --tiny for the CPU smoke test)")
         device, dtype = torch.device("cuda"), torch.bfloat16
-    parts = ["step", "e2e", "quality"] if args.part == "all" else [args.part]
+    parts = ["step", "e2e", "quality", "determinism"] if args.part == "all" else [args.part]
     result: dict[str, Any] = {"meta": {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": " ".join(sys.argv),
@@ -290,8 +330,9 @@ def main() -> None:
     for part in parts:
         t0 = time.perf_counter()
         print(f"== {part}", flush=True)
-        result[part] = (part_step(args, device, dtype) if part == "step" else part_e2e(args, device, dtype)
-                        if part == "e2e" else part_quality(args, device))
+        result[part] = {"step": lambda: part_step(args, device, dtype), "e2e": lambda: part_e2e(args, device, dtype),
+                        "quality": lambda: part_quality(args, device),
+                        "determinism": lambda: part_determinism(args, device, dtype)}[part]()
         result["meta"][f"{part}_wall_s"] = time.perf_counter() - t0
         Path(args.out).write_text(json.dumps(result, indent=2))  # after every part: a timeout keeps the rest
     print(f"wrote {args.out}")

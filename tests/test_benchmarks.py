@@ -114,3 +114,5 @@ def test_bench_compose_tiny_smoke(tmp_path):
     assert quality["dense"]["psnr_vs_dense_db"] == "inf"
     assert all(isinstance(quality[k]["psnr_vs_dense_db"], float) for k in list(quality)[1:])
     assert "procedural video" in result["meta"]["weights"]
+    det = result["determinism"][0]
+    assert det["masks"] == 2 and det["masks_identical"] and det["identical"]  # tiny model: 2 layers, CPU
