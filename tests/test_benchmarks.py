@@ -114,3 +114,25 @@ def test_bench_sink_tiny_smoke(tmp_path):
     for seed in range(3):  # the mean drops the planted sink at tau = 0.9, the sink-aware estimate keeps it
         assert not planted[seed, "mean (XAttention)"]["sink_block_kept"]
         assert planted[seed, "sink-aware"]["sink_block_kept"]
+
+
+def test_bench_compose_tiny_smoke(tmp_path):
+    """bench_compose.py: compiled vs eager step, XAttention / First-Block-Cache / both end to end, proxy quality."""
+    out = tmp_path / "bc.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_compose.py"), "--tiny", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    step = {r["mode"]: r for r in result["step"]}
+    assert set(step) == {"eager", "compiled"} and step["compiled"]["rel_l2_vs_eager"] < 1e-5
+    assert step["compiled"]["graph_breaks"] <= 1 and step["eager"]["density"] < 1.0
+    e2e = {r["row"]: r for r in result["e2e"]}
+    assert list(e2e) == ["stock", "xattention", "first-block-cache", "xattention + first-block-cache"]
+    assert e2e["first-block-cache"]["steps_skipped_by_cache"] >= 1 and e2e["stock"]["steps_skipped_by_cache"] == 0
+    assert e2e["xattention"]["density_after_warmup"] < 1.0 and all(r["finite"] for r in e2e.values())
+    quality = {r["row"]: r for r in result["quality"]}
+    assert quality["dense"]["psnr_vs_dense_db"] == "inf"
+    assert all(isinstance(quality[k]["psnr_vs_dense_db"], float) for k in list(quality)[1:])
+    assert "procedural video" in result["meta"]["weights"]
+    det = result["determinism"][0]
+    assert det["masks"] == 2 and det["masks_identical"] and det["identical"]  # tiny model: 2 layers, CPU

@@ -49,7 +49,7 @@ def validate_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: torc
     if kv_len is not None:
         if kv_len.shape != (q.shape[0],):
             raise ValueError(f"kv_len must have shape [B]=({q.shape[0]},), got {tuple(kv_len.shape)}")
-        lo, hi = int(kv_len.min()), int(kv_len.max())
+        lo, hi = (int(x) for x in torch.stack(torch.aminmax(kv_len)).tolist())  # one device sync, not two
         if lo < 1 or hi > k.shape[2]:
             raise ValueError(f"kv_len values must be in 1..{k.shape[2]} (the key length), got {lo}..{hi}")
 

@@ -35,6 +35,7 @@ import torch
 from .config import XAttentionConfig
 from .parallel import UlyssesGroup, context_parallel_config
 from .runtime import MaskSource, XAttentionRuntime
+from .runtime.traced import attend, runtime_key
 
 
 class XAttentionProcessor:
@@ -66,6 +67,7 @@ class XAttentionProcessor:
             raise ValueError("give mask_source to the runtime (XAttentionRuntime(config, mask_source=...)), "
                              "not to a processor that shares one")
         self.runtime = runtime if runtime is not None else XAttentionRuntime(config, mask_source=mask_source)
+        self._key = runtime_key(self.runtime)  # torch.compile calls the runtime through a custom op
         self.layer = layer
         self.name = name
         self._order: dict[int, int] = {}
@@ -121,8 +123,8 @@ class XAttentionProcessor:
                     f"{n_video + n_text} tokens: the sequence is sharded (context parallelism?) but this processor "
                     "has no parallel config; apply XAttention with apply_xattention after enable_context_parallel")
             q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [B, H, N, D]
-            out = self.runtime.attend(q, k, v, layer=layer, mask=attention_mask,
-                                      global_start=n_video if n_text else None)
+            out = attend(self.runtime, self._key, q, k, v, layer=layer, mask=attention_mask,
+                         global_start=n_video if n_text else None)
             out = out.transpose(1, 2)
         else:  # this rank's tokens -> the whole sequence for its heads, and back
             degree = ulysses.degree

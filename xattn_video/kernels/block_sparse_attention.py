@@ -2,7 +2,8 @@
 
 Each program owns ``BLOCK_M`` query rows of one (batch, head) and runs the online softmax of Triton's
 fused-attention tutorial over the key blocks its query block keeps (``mask.kv_indices[:kv_counts]``), never
-over the others. Twin: ``reference.block_sparse_attention_reference``.
+over the others. Twin: ``reference.block_sparse_attention_reference``. Non-finite inputs propagate as in
+SDPA over the kept keys (NaN stays NaN, a row of -inf logits gives zeros); padded keys are never loaded.
 
 Example::
 
@@ -77,8 +78,11 @@ def _attn_tile(acc, l_i, m_i, q, k_src, v_src, start_n, kv_len, qk_scale,
     if MASKED:
         qk = tl.where(offs_n[None, :] < kv_len, qk, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-    p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-    alpha = tl.math.exp2(m_i - m_new)
+    # a row without a finite logit yet (padding, or -Inf products) subtracts 0, not -inf: its weights stay 0
+    # instead of exp2(-inf - -inf) = NaN, as SDPA's fused kernels do; NaN and +Inf still give NaN
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(qk * qk_scale - m_use[:, None])
+    alpha = tl.math.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
     if USE_TMA:

@@ -54,6 +54,7 @@ def _est_partial(Q, K, KVLEN, PART, MT, MS, LS, qk_scale, PART2, MT2, MS2, LS2, 
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m2_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # the sink pass's (m, l): max logits
     l2_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    neg_inf = tl.zeros([BLOCK_M], dtype=tl.int1)  # a -Inf logit over a valid key (NaN / +Inf show in l)
     for t in range(t0, t1):
         offs_j = t * BLOCK_N + tl.arange(0, BLOCK_N)  # strided columns
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -73,7 +74,9 @@ def _est_partial(Q, K, KVLEN, PART, MT, MS, LS, qk_scale, PART2, MT2, MS2, LS2, 
             else:
                 acc = tl.dot(qc, kc, acc)
         # this split's first tile holds a valid column, so m_new is finite from the first tile on
-        acc = tl.where(offs_j[None, :] < n_cols, acc * qk_scale, float("-inf"))
+        col_ok = offs_j[None, :] < n_cols
+        neg_inf = neg_inf | (tl.min(tl.where(col_ok, acc, 0.0), 1) == float("-inf"))
+        acc = tl.where(col_ok, acc * qk_scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(acc, 1))
         p = tl.math.exp2(acc - m_new[:, None])
         l_i = l_i * tl.math.exp2(m_i - m_new) + tl.sum(p, 1)
@@ -95,6 +98,9 @@ def _est_partial(Q, K, KVLEN, PART, MT, MS, LS, qk_scale, PART2, MT2, MS2, LS2, 
                      mask=row_ok[:, None] & (offs_kb[None, :] < KB))
             tl.store(MT2 + (bh * NQS + offs_m) * NT + t, m2_new, mask=row_ok)
     row_ok = offs_m < NQS
+    # any non-finite logit (NaN / Inf in q or a valid key) makes the row NaN, so the selection keeps its
+    # whole query block (the reference twin's rule); NaN and +Inf already made l NaN
+    l_i = tl.where(neg_inf, float("nan"), l_i)
     tl.store(MS + (bh * NQS + offs_m) * NSPLIT + pid_s, m_i, mask=row_ok)
     tl.store(LS + (bh * NQS + offs_m) * NSPLIT + pid_s, l_i, mask=row_ok)
     if SINK:

@@ -59,6 +59,9 @@ def strided_block_scores_reference(
     softmaxed per strided query row over the strided key columns that hold a valid key, and the
     probabilities are summed per ``block_size`` block. Padded keys are zeroed and strided rows made only of
     padded queries count zero, so each row of the result sums to the number of real strided rows it holds.
+    A strided row with a non-finite logit over valid keys (NaN or Inf in its queries, or in any valid key)
+    scores NaN in every block of its query block: the selection cannot rank that row and keeps all of it
+    (``select_blocks_reference``), so the estimate never hides a numerical fault.
 
     ``sink_aware``: the mean of S logits underrates a key that one query of the group attends to strongly
     (a sink). Beside the mean, the *largest* antidiagonal logit of each sub-block (scaled by ``scale``, not
@@ -72,14 +75,20 @@ def strided_block_scores_reference(
     kv_len = _kv_len_or_full(kv_len, b, n_k, q.device)
     qp = _pad_tokens(q.float(), qb * block_size)
     kp = _pad_tokens(k.float(), kb * block_size)
-    kp = kp * (torch.arange(kb * block_size, device=q.device)[None, :] < kv_len[:, None])[:, None, :, None]
+    key_valid = torch.arange(kb * block_size, device=q.device)[None, :] < kv_len[:, None]
+    kp = torch.where(key_valid[:, None, :, None], kp, 0.0)  # not a product: a NaN / Inf padded key stays out
     col_valid = (torch.arange(kb * block_size // stride, device=q.device)[None, :] * stride
                  < kv_len[:, None])  # [B, Nk/S]
     row_valid = torch.arange(qb * block_size // stride, device=q.device) * stride < n  # [Nq/S]
     r = block_size // stride
 
     def blocks(logits: torch.Tensor) -> torch.Tensor:  # [B, Nq/S, Nk/S] -> [B, QB, KB]
-        p = logits.masked_fill(~col_valid[:, None, :], float("-inf")).softmax(-1) * row_valid[None, :, None]
+        # a non-finite logit over a valid key (NaN / Inf in q or k) makes its strided row NaN: the selection
+        # then keeps every block of that query block, so the fault reaches the output as in dense attention
+        bad = (~torch.isfinite(logits) & col_valid[:, None, :]).any(-1, keepdim=True)
+        p = logits.masked_fill(~col_valid[:, None, :], float("-inf")).softmax(-1)
+        p = torch.where(bad, float("nan"), p)
+        p = torch.where(row_valid[None, :, None], p, 0.0)
         return p.unflatten(-1, (kb, r)).sum(-1).unflatten(-2, (qb, r)).sum(-2)
 
     out = torch.empty(b, h, qb, kb, dtype=torch.float32, device=q.device)
@@ -117,7 +126,8 @@ def select_blocks_reference(
     ``keep_diagonal`` adds the diagonal block; ``global_start`` marks tokens at or past it as global (text):
     their key blocks are always kept and their query blocks attend densely; ``max_density`` caps the kept
     blocks of a (non-global) row at ``ceil(max_density * valid blocks)``, forced blocks first.
-    ``threshold`` is one value or one per head; ``>= 1`` keeps every valid block.
+    ``threshold`` is one value or one per head; ``>= 1`` keeps every valid block. A row with a non-finite
+    score (NaN or Inf over its valid blocks) keeps every valid block: a fault is never selected away.
     """
     b, h, qb, kb = scores.shape
     dev = scores.device
@@ -131,6 +141,9 @@ def select_blocks_reference(
         raise ValueError(f"threshold has {tau.numel()} values; expected 1 or one per head ({h})")
     tau = tau.reshape(1, -1, 1, 1)
 
+    # a row holding a non-finite score (NaN / Inf in its queries or keys) cannot be ranked: it keeps every
+    # valid block, budget or not, so the fault reaches the output as in dense attention
+    bad_row = (~torch.isfinite(scores) & valid).any(-1)  # [B, H, QB]
     s = torch.where(valid, scores.float().clamp_min(0.0), torch.zeros((), device=dev))
     total = s.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
     sorted_s, order = torch.sort(s / total, dim=-1, descending=True, stable=True)
@@ -158,7 +171,7 @@ def select_blocks_reference(
         _, by_rank = torch.sort(rank_key, dim=-1, descending=True, stable=True)
         within = torch.arange(kb, device=dev).expand_as(by_rank) < budget
         keep = torch.zeros_like(keep).scatter_(-1, by_rank, within) & keep
-    keep = keep | forced | (dense_row[None, None, :, None] & valid)
+    keep = keep | forced | ((dense_row[None, None, :, None] | bad_row[..., None]) & valid)
     return BlockSparseMask.from_dense(keep, block_size, q_len, kv_len)
 
 
@@ -174,7 +187,10 @@ def block_sparse_attention_reference(
     """Attention of each query block over its kept key blocks only (keys past ``mask.kv_len`` excluded).
 
     Memory is O(N * kept): per chunk of query blocks the kept key/value blocks are gathered, never a dense
-    N x N matrix. Computes in float32, returns q's dtype.
+    N x N matrix. Computes in float32, returns q's dtype. Non-finite values in q, k, v propagate as in
+    ``F.scaled_dot_product_attention`` over the kept keys (NaN stays NaN; a row whose every kept logit is
+    -inf, or that keeps no key, outputs zeros, as SDPA's fused kernels do); padded keys and skipped blocks
+    never reach a row.
     """
     b, h, n, d = q.shape
     n_k = k.shape[2]
@@ -199,13 +215,28 @@ def block_sparse_attention_reference(
     for c0 in range(0, qb, q_blocks_per_chunk):
         c1 = min(qb, c0 + q_blocks_per_chunk)
         gi = idx[:, :, c0:c1].flatten(2)  # [B, H, C*W]
+        ok = key_ok[:, :, c0:c1, :, :, None]  # padded keys, unused slots: zeros (a NaN there times 0 is NaN)
         kg = torch.gather(kp, 2, gi[..., None, None].expand(-1, -1, -1, bs, d)).unflatten(2, (c1 - c0, width))
         vg = torch.gather(vp, 2, gi[..., None, None].expand(-1, -1, -1, bs, d)).unflatten(2, (c1 - c0, width))
+        kg, vg = torch.where(ok, kg, 0.0), torch.where(ok, vg, 0.0)
         logits = torch.einsum("bhqid,bhqwjd->bhqiwj", qp[:, :, c0:c1], kg) * scale
         logits = logits.masked_fill(~key_ok[:, :, c0:c1, None], float("-inf")).flatten(-2)
-        p = logits.softmax(-1).nan_to_num(0.0)  # a row with no valid key (impossible by construction) -> 0
-        out[:, :, c0:c1] = torch.einsum("bhqiw,bhqwd->bhqid", p, vg.flatten(3, 4))
+        out[:, :, c0:c1] = torch.einsum("bhqiw,bhqwd->bhqid", softmax_or_zero(logits), vg.flatten(3, 4))
     return out.flatten(2, 3)[:, :, :n].to(q.dtype)
+
+
+def softmax_or_zero(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim that keeps NaN / +Inf faults (NaN out) but gives all-zero weights to a row
+    without a finite logit (all -inf: no kept key, or -Inf products), as SDPA's fused kernels do. No
+    ``nan_to_num``: that would hide a fault.
+
+    >>> softmax_or_zero(torch.tensor([[0.0, float("-inf")], [float("-inf")] * 2, [float("nan"), 0.0]]))
+    tensor([[1., 0.],
+            [0., 0.],
+            [nan, nan]])
+    """
+    no_finite = logits.amax(-1, keepdim=True) == float("-inf")  # NaN rows: amax is NaN, not -inf
+    return torch.where(no_finite, 0.0, logits.softmax(-1))  # torch's softmax: the same numbers as before
 
 
 def _kv_len_or_full(kv_len: torch.Tensor | None, b: int, n_k: int, device: torch.device) -> torch.Tensor:

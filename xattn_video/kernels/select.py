@@ -4,7 +4,8 @@ Same function and signature as ``reference.select_blocks_reference`` (its plain-
 compare against):
 normalise the row's scores over its valid key blocks, sort them (descending, ties to the lower index), keep the
 shortest prefix whose mass reaches tau, add the forced blocks (diagonal, global keys), cap at the
-``max_density`` budget (forced first), make global query rows dense, and write the kept indices ascending.
+``max_density`` budget (forced first), make global query rows and rows with a non-finite score dense, and
+write the kept indices ascending.
 The torch version launches a dozen kernels over the whole ``[B, H, QB, KB]`` tensor (two full sorts among
 them); here the row sits in registers and is sorted once.
 
@@ -38,7 +39,11 @@ def _select_row(S, TAU, KVLEN, IDX, CNT,
     kv_len = tl.load(KVLEN + b)
     valid = (j < KB) & (j * block_size < kv_len)
     s = tl.load(S + b.to(tl.int64) * s_sb + h * s_sh + qb * s_sq + j * s_sk, mask=j < KB, other=0.0)
-    s = tl.where(valid, tl.maximum(s.to(tl.float32), 0.0), 0.0)
+    s = s.to(tl.float32)
+    # a non-finite score cannot be ranked: the row keeps every valid block (budget or not), so a NaN / Inf in
+    # q or k reaches the output as in dense attention (tl.maximum below would turn NaN into 0 on a GPU)
+    bad = tl.sum((((s != s) | (tl.abs(s) == float("inf"))) & valid).to(tl.int32), 0) > 0
+    s = tl.where(valid, tl.maximum(s, 0.0), 0.0)
     total = tl.maximum(tl.sum(s, 0), 1.1754943508222875e-38)
     p = s / total
     tau = tl.load(TAU + h * tau_stride)
@@ -60,6 +65,7 @@ def _select_row(S, TAU, KVLEN, IDX, CNT,
     if HAS_GLOBAL:  # blocks holding a valid global key; query blocks holding a global query
         forced = forced | (((j_sorted + 1) * block_size > global_start) & (global_start < kv_len))
         dense_row = ((qb + 1) * block_size > global_start) & (global_start < q_len)
+    dense_row = dense_row | bad
     forced = forced & valid_sorted
     if HAS_BUDGET:
         n_valid = tl.sum(valid_sorted.to(tl.int32), 0)

@@ -1,0 +1,65 @@
+"""The runtime's attention call as one opaque custom op, so ``torch.compile`` keeps a whole transformer in one graph.
+
+``XAttentionRuntime.attend`` decides per call from Python state (step, plan, cached masks) and from the data
+(key-padding lengths, the estimated mask); traced by dynamo it broke each layer's graph several times
+(``.item()``, ``tolist()``, ``time.perf_counter``). Under ``torch.compile`` the host adapters call it through
+``torch.ops.xattn_video.attend`` instead: a custom op whose output is ``q``-shaped and whose body is exactly
+the eager call (same decisions, same record, same kernels), so the compiled graph runs around it without a
+break. Eager calls (no compile) go straight to ``runtime.attend``. Runtimes are found by a small integer key
+(``runtime_key``) kept in a weak table; inference only (the op has no backward).
+
+Example::
+
+    key = runtime_key(runtime)                      # once, outside the compiled region
+    out = attend(runtime, key, q, k, v, layer=3, mask=padding_mask, global_start=n_video)
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+
+import torch
+
+_KEYS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_RUNTIMES: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
+_NEXT = itertools.count(1)
+
+
+def runtime_key(runtime) -> int:
+    """A small integer naming ``runtime`` for the custom op (the same runtime keeps its key)."""
+    key = _KEYS.get(runtime)
+    if key is None:
+        key = next(_NEXT)
+        _KEYS[runtime] = key
+        _RUNTIMES[key] = runtime
+    return key
+
+
+@torch.library.custom_op("xattn_video::attend", mutates_args=())
+def _attend_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, runtime: int,
+               layer: int, global_start: int) -> torch.Tensor:
+    rt = _RUNTIMES.get(runtime)
+    if rt is None:
+        raise RuntimeError(f"xattn_video::attend: runtime key {runtime} names no live runtime")
+    out = rt.attend(q, k, v, layer=layer, mask=mask, global_start=None if global_start < 0 else global_start)
+    # one fixed layout, the fake's: [B, H, N, D] stored as [B, N, H, D] (what the adapters flatten next, for free;
+    # what SDPA's fused kernels return already). Never one of the inputs (a custom op may not alias them).
+    if out.transpose(1, 2).is_contiguous() and not (out is q or out is k or out is v):
+        return out
+    return out.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+@_attend_op.register_fake
+def _attend_fake(q, k, v, mask, runtime, layer, global_start):
+    b, h, n, d = q.shape
+    return q.new_empty((b, n, h, d)).transpose(1, 2)
+
+
+def attend(runtime, key: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layer: int,
+           mask: torch.Tensor | None = None, global_start: int | None = None) -> torch.Tensor:
+    """``runtime.attend(q, k, v, layer=..., mask=..., global_start=...)``; through the custom op while
+    ``torch.compile`` traces (``key = runtime_key(runtime)``)."""
+    if torch.compiler.is_compiling():
+        return torch.ops.xattn_video.attend(q, k, v, mask, key, layer, -1 if global_start is None else global_start)
+    return runtime.attend(q, k, v, layer=layer, mask=mask, global_start=global_start)
