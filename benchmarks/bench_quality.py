@@ -116,7 +116,7 @@ def build_lever_methods(pipe: Any, captions: list[str], size: dict, steps: int, 
                 methods.append(Method(f"XAttention tau=0.95 cap={d}{name}", "xattention cap" + name,
                                       {"threshold": 0.95, "stride": stride, "max_density": d, **lever},
                                       target=d, first_warmup_only=True))
-    for name in ("", " +tile", " +tile+sink") if not toy else ("", " +tile"):
+    for name in ("", " +tile", " +tile+sink") if not toy else ("",):
         lever = LEVERS[name]
         profiler = ThresholdProfiler()
         cfg = XAttentionConfig(block_size=block, stride=stride, warmup_steps=warmup, **lever)
@@ -260,8 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     stopped = None
     if args.levers:
         train, _ = caption_split()
-        methods += build_lever_methods(pipe, train[::17][:2 if args.toy else 4], size, steps,
-                                       round(warmups[0] * steps), block, 8 if args.toy else 16, out, args.toy)
+        levers = build_lever_methods(pipe, train[::17][:2 if args.toy else 4], size, steps,
+                                     round(warmups[0] * steps), block, 8 if args.toy else 16, out, args.toy)
+        if args.toy:  # one of each kind
+            levers = [m for m in levers if m.name.endswith(("cap=0.3 +tile", "calibrated @0.3", "reuse=2"))]
+        methods += levers
     for w in warmups:
         for m in methods:
             if m.first_warmup_only and w != warmups[0]:

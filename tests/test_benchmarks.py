@@ -17,7 +17,12 @@ def test_bench_transformer_tiny_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     labels = [r["row"] for r in result["rows"]]
-    assert labels[:2] == ["stock", "ours tau=1 (dense)"] and len(labels) == 7
+    assert labels[:2] == ["stock", "ours tau=1 (dense)"] and len(labels) == 11
+    rows = {r["row"]: r for r in result["rows"]}
+    capped = rows["xattn max_density=0.3"]["density"]  # above 0.3 at tiny size: forced text and diagonal blocks
+    assert capped < 1 and rows["xattn max_density=0.3, per-head table"]["density"] <= capped + 1e-6
+    assert rows["xattn max_density=0.3, tile"]["density"] < 1, "the lever rows ran sparse"
+    assert rows["xattn tau=0.9, dense_above=0.6"]["rel_l2_vs_stock"] < 1e-5, "the fallback ran dense"
     assert all(r["finite"] for r in result["rows"])
     assert result["rows"][1]["rel_l2_vs_stock"] < 1e-5, "dense path equals stock on the CPU"
     capped = next(r for r in result["rows"] if r["row"] == "xattn max_density=0.3")
@@ -91,7 +96,9 @@ def test_bench_quality_toy_smoke(tmp_path):
     result = json.loads((tmp_path / "quality.json").read_text())
     assert "not HunyuanVideo's weights" in result["meta"]["provenance"]
     families = {r["family"] for r in result["rows"]}
-    assert {"xattention", "xattention cap", "STA (3D window)", "SVG (spatial/temporal)", "Radial", "random"} <= families
+    assert {"xattention", "xattention cap", "STA (3D window)", "SVG (spatial/temporal)", "Radial", "random",
+            "xattention cap +tile", "xattention calibrated", "xattention cap reuse"} <= families
+    assert (tmp_path / "calibrated_0.3.yaml").is_file() and (tmp_path / "profile.json").is_file()
     for r in result["rows"]:
         assert 0 < r["density"] <= 1 and r["psnr"] > 0 and 0 < r["ssim"] <= 1
         assert r["reasons"].get("source", 0) + r["reasons"].get("estimated", 0) > 0, "sparse calls ran"

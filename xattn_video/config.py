@@ -329,7 +329,7 @@ class XAttentionConfig:
         return cls(**flat)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None))
+        Path(path).write_text(yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False))
 
     @classmethod
     def load(cls, path: str | Path) -> "XAttentionConfig":
@@ -346,6 +346,13 @@ class XAttentionConfig:
             return cls.from_dict(data)
         except ValueError as e:
             raise ValueError(f"config file {str(p)!r}: {e}") from None
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style, with lists (per-head thresholds, dense layers) on one line each."""
+
+
+_Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
 
 
 def _normalise_threshold(t: Any) -> Threshold:
