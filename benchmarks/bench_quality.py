@@ -13,7 +13,8 @@ block-sparse kernel; only the block masks differ:
 - each with 0 / 10% / 20% of the steps dense;
 - the quality levers (at the first warmup only), each at density 0.3 and 0.15: the 3D-tile token order, the
   sink-aware estimate, per-head thresholds calibrated on *training* captions for that density
-  (``xattn_video.calibrate``), their combinations, and mask reuse for 2 / 3 / 4 steps.
+  (``xattn_video.calibrate``; by kept mass and by output error), alone and with the sink-aware estimate, and
+  mask reuse for 2 / 3 / 4 steps.
 
 Per run: PSNR and SSIM of every video against its dense reference (mean over videos), the caption-following
 rate, the density after warmup, the attention time per step (CUDA events around each attention call, the
@@ -116,23 +117,26 @@ def build_lever_methods(pipe: Any, captions: list[str], size: dict, steps: int, 
                 methods.append(Method(f"XAttention tau=0.95 cap={d}{name}", "xattention cap" + name,
                                       {"threshold": 0.95, "stride": stride, "max_density": d, **lever},
                                       target=d, first_warmup_only=True))
-    for name in ("", " +tile", " +tile+sink") if not toy else ("",):
+    for name in ("", " +sink") if not toy else ("",):  # tile order did not help calibration (RESULTS.md)
         lever = LEVERS[name]
         profiler = ThresholdProfiler()
         cfg = XAttentionConfig(block_size=block, stride=stride, warmup_steps=warmup, **lever)
         run(pipe, captions, list(range(50_000, 50_000 + len(captions))), size, steps, len(captions), cfg, profiler)
-        profiler.profile.save(out / f"profile{name.replace(' +', '_')}.json")
+        tag = name.replace(" +", "_")
+        profiler.profile.save(out / f"profile{tag}.json")
         for d in DENSITIES:
-            table = choose_thresholds(profiler.profile, density=d)
-            summary = summarise(profiler.profile, table)
-            cal = cfg.replace(threshold=table)
-            cal.save(out / f"calibrated{name.replace(' +', '_')}_{d}.yaml")
-            print(f"calibrated{name} @{d}: profiled density {summary['density']:.3f}, mass {summary['mass']:.3f} "
-                  f"(single tau {summary['single_tau']}: {summary['single_tau_density']:.3f}, "
-                  f"{summary['single_tau_mass']:.3f})", flush=True)
-            methods.append(Method(f"XAttention calibrated @{d}{name}", "xattention calibrated" + name,
-                                  {"threshold": table, "stride": stride, **lever}, target=d,
-                                  params={"profile": summary}, first_warmup_only=True))
+            for by in ("mass", "error"):
+                table = choose_thresholds(profiler.profile, density=d, by=by)
+                summary = summarise(profiler.profile, table)
+                cfg.replace(threshold=table).save(out / f"calibrated{tag}_{by}_{d}.yaml")
+                print(f"calibrated by {by}{name} @{d}: profiled density {summary['density']:.3f}, mass "
+                      f"{summary['mass']:.3f}, error {summary['error']:.3f} (single tau {summary['single_tau']}: "
+                      f"{summary['single_tau_density']:.3f}, {summary['single_tau_mass']:.3f}, "
+                      f"{summary['single_tau_error']:.3f})", flush=True)
+                methods.append(Method(f"XAttention calibrated by {by} @{d}{name}",
+                                      f"xattention calibrated by {by}{name}",
+                                      {"threshold": table, "stride": stride, **lever}, target=d,
+                                      params={"profile": summary}, first_warmup_only=True))
     for reuse in (2, 3, 4):
         methods.append(Method(f"XAttention tau=0.95 cap=0.3 reuse={reuse}", "xattention cap reuse",
                               {"threshold": 0.95, "stride": stride, "max_density": 0.3, "mask_reuse_steps": reuse},
@@ -263,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         levers = build_lever_methods(pipe, train[::17][:2 if args.toy else 4], size, steps,
                                      round(warmups[0] * steps), block, 8 if args.toy else 16, out, args.toy)
         if args.toy:  # one of each kind
-            levers = [m for m in levers if m.name.endswith(("cap=0.3 +tile", "calibrated @0.3", "reuse=2"))]
+            levers = [m for m in levers if m.name.endswith(("cap=0.3 +tile", "@0.3", "reuse=2"))]
         methods += levers
     for w in warmups:
         for m in methods:

@@ -97,8 +97,9 @@ def test_bench_quality_toy_smoke(tmp_path):
     assert "not HunyuanVideo's weights" in result["meta"]["provenance"]
     families = {r["family"] for r in result["rows"]}
     assert {"xattention", "xattention cap", "STA (3D window)", "SVG (spatial/temporal)", "Radial", "random",
-            "xattention cap +tile", "xattention calibrated", "xattention cap reuse"} <= families
-    assert (tmp_path / "calibrated_0.3.yaml").is_file() and (tmp_path / "profile.json").is_file()
+            "xattention cap +tile", "xattention calibrated by mass", "xattention calibrated by error",
+            "xattention cap reuse"} <= families
+    assert (tmp_path / "calibrated_error_0.3.yaml").is_file() and (tmp_path / "profile.json").is_file()
     for r in result["rows"]:
         assert 0 < r["density"] <= 1 and r["psnr"] > 0 and 0 < r["ssim"] <= 1
         assert r["reasons"].get("source", 0) + r["reasons"].get("estimated", 0) > 0, "sparse calls ran"

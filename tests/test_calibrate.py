@@ -20,13 +20,16 @@ def _request(b=2, h=3, n_video=300, n_text=13, valid_text=(13, 7), d=32, block=3
     q = torch.randn(b, h, n, d, generator=g)
     k = torch.randn(b, h, n, d, generator=g)
     k[:, :, :n_video] += 2.0 * q[:, :, :n_video]  # a diagonal-heavy pattern, so thresholds matter
+    v = torch.randn(b, h, n, d, generator=g)
     kv_len = torch.tensor([n_video + t for t in valid_text])
-    return MaskRequest(q, k, kv_len, n_video, 0, 5, 0, OpConfig(block_size=block, stride=8, backend="reference", **op))
+    return MaskRequest(q, k, kv_len, n_video, 0, 5, 0, OpConfig(block_size=block, stride=8, backend="reference", **op),
+                       v)
 
 
-def _direct(req: MaskRequest, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per head: density of the op's mask and the true softmax mass its blocks keep, averaged over the video
-    query blocks that lie wholly inside the sequence — computed query by query, without the oracle helper."""
+def _direct(req: MaskRequest, tau: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per head: density of the op's mask, the true softmax mass its blocks keep and the relative error of
+    attention restricted to them, over the video query blocks wholly inside the sequence — with an additive
+    -inf mask and SDPA, independently of the profiler's code."""
     op = req.config
     mask = estimate_mask(req.q, req.k, block_size=op.block_size, stride=op.stride, threshold=tau,
                          kv_len=req.kv_len, global_start=req.global_start)
@@ -35,12 +38,18 @@ def _direct(req: MaskRequest, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
     bs = op.block_size
     rows = min(-(-req.global_start // bs), n // bs)
     mass = torch.zeros(h, dtype=torch.float64)
+    error = torch.zeros(h, dtype=torch.float64)
     for bi in range(b):
         valid = int(req.kv_len[bi])
-        p = torch.softmax((req.q[bi, :, :rows * bs] @ req.k[bi, :, :valid].transpose(-1, -2)) * d ** -0.5, -1)
+        q, k, v = req.q[bi, :, :rows * bs], req.k[bi, :, :valid], req.v[bi, :, :valid]
+        p = torch.softmax((q @ k.transpose(-1, -2)) * d ** -0.5, -1)
         kept = keep[bi, :, :rows].repeat_interleave(bs, 1).repeat_interleave(bs, 2)[:, :rows * bs, :valid]
         mass += (p * kept).sum(-1).double().mean(-1)
-    return mask.density_per_head().mean(0), mass / b
+        full = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        sparse = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=torch.zeros(kept.shape).masked_fill(~kept, float("-inf")))
+        error += ((sparse - full).norm(dim=(-1, -2)) / full.norm(dim=(-1, -2))).double()
+    return mask.density_per_head().mean(0), mass / b, error / b
 
 
 @pytest.mark.parametrize("block,n_video", [(32, 300), (64, 257)])
@@ -52,10 +61,12 @@ def test_profiler_matches_a_direct_computation(block, n_video):
     prof = profiler.profile
     assert prof.calls == {0: 1}
     for i, tau in enumerate(prof.taus):
-        density, mass = _direct(req, tau)
+        density, mass, error = _direct(req, tau)
         torch.testing.assert_close(prof.density[0][:, i], density.double(), atol=1e-9, rtol=0)
         torch.testing.assert_close(prof.mass[0][:, i], mass, atol=1e-4, rtol=0)
-    assert (prof.mass[0][:, -1] > 0.999).all(), "tau = 1 keeps the whole mass"
+        torch.testing.assert_close(prof.error[0][:, i], error, atol=1e-4, rtol=1e-3)
+    assert (prof.mass[0][:, -1] > 0.999).all() and (prof.error[0][:, -1] < 1e-3).all(), "tau = 1 is exact"
+    assert (prof.error[0][:, 0] > 0.01).all(), "a low threshold changes the output"
     assert (prof.mass[0].diff(dim=-1) >= -1e-6).all() and (prof.density[0].diff(dim=-1) >= -1e-9).all()
 
 
@@ -69,9 +80,11 @@ def test_profiler_samples_query_blocks_evenly():
     assert (sampled.profile.mass[0] - full.profile.mass[0]).abs().max() < 0.1
 
 
-def _profile(density: list[list[float]], mass: list[list[float]], taus=(0.5, 0.7, 0.9, 1.0)) -> ThresholdProfile:
+def _profile(density: list[list[float]], mass: list[list[float]], error: list[list[float]] | None = None,
+             taus=(0.5, 0.7, 0.9, 1.0)) -> ThresholdProfile:
     p = ThresholdProfile(taus)
-    p.add(3, torch.tensor(density, dtype=torch.float64), torch.tensor(mass, dtype=torch.float64))
+    error = [[1.0 - x for x in row] for row in mass] if error is None else error
+    p.add(3, *(torch.tensor(x, dtype=torch.float64) for x in (density, mass, error)))
     return p
 
 
@@ -98,6 +111,18 @@ def test_density_budget_is_met_and_beats_every_single_threshold():
         assert s["mass"] >= s["single_tau_mass"] - 1e-9 and s["mass"] >= best - 0.05
 
 
+def test_density_budget_by_output_error():
+    """Head 1's error falls slowly with tau (mass says it needs the budget, its output says it does not): the
+    error objective spends the density on the other heads instead."""
+    error = [[0.30, 0.10, 0.02, 0.0], [0.05, 0.04, 0.03, 0.0], [0.20, 0.10, 0.05, 0.0]]
+    prof = _profile(PROFILE["density"], PROFILE["mass"], error)
+    by_mass = choose_thresholds(prof, density=0.3)
+    by_error = choose_thresholds(prof, density=0.3, by="error")
+    s_mass, s_error = summarise(prof, by_mass), summarise(prof, by_error)
+    assert s_error["density"] <= 0.3 + 1e-9 and s_error["error"] < s_mass["error"]
+    assert by_error["heads"][3][1] < by_mass["heads"][3][1], "head 1's density went to the other heads"
+
+
 def test_choose_thresholds_errors():
     prof = _profile(**PROFILE)
     with pytest.raises(ValueError, match="exactly one"):
@@ -110,6 +135,13 @@ def test_choose_thresholds_errors():
         choose_thresholds(ThresholdProfile((0.9,)), mass=0.9)
     with pytest.raises(ValueError, match="taus"):
         ThresholdProfiler(taus=(0.0, 0.9))
+    with pytest.raises(ValueError, match="by='speed': accepted 'mass' or 'error'"):
+        choose_thresholds(prof, density=0.3, by="speed")
+    legacy = prof.to_dict()
+    for layer in legacy["layers"].values():
+        del layer["error"]
+    with pytest.raises(ValueError, match="no output errors"):
+        choose_thresholds(ThresholdProfile.from_dict(legacy), density=0.3, by="error")
 
 
 def test_profile_round_trips(tmp_path):
@@ -118,6 +150,7 @@ def test_profile_round_trips(tmp_path):
     back = ThresholdProfile.load(tmp_path / "p.json")
     assert back.taus == prof.taus and back.calls == prof.calls
     assert torch.equal(back.mass[3], prof.mass[3]) and torch.equal(back.density[3], prof.density[3])
+    assert torch.equal(back.error[3], prof.error[3])
 
 
 def test_calibration_on_the_tiny_model_end_to_end(tmp_path):
@@ -136,7 +169,8 @@ def test_calibration_on_the_tiny_model_end_to_end(tmp_path):
 
     out = tmp_path / "cal.yaml"
     rc = main(["calibrate", "--model", "tiny", "--prompt", "a red fox", "--frames", "9", "--height", "128",
-               "--width", "128", "--steps", "3", "--warmup", "1", "--mass", "0.9", "--out", str(out)])
+               "--width", "128", "--steps", "3", "--warmup", "1", "--density", "0.6", "--by", "error", "--out",
+               str(out)])
     assert rc == 0 and out.with_suffix(".profile.json").is_file()
     loaded = XAttentionConfig.load(out)
     heads = loaded.op.threshold["heads"]

@@ -3,12 +3,13 @@
 One global tau treats every head alike, but heads differ: a local head reaches 90% of its attention mass in a
 few blocks, a global one needs most of them. Calibration runs a few prompts (dense: the video is the model's own)
 and, at every attention call after the warmup, selects each head's blocks from its antidiagonal scores at a grid
-of thresholds and compares them with the exact attention: the mask's density and the true softmax mass the
-kept blocks hold (the oracle, on a sample of query blocks). Then, per (layer, head), either
+of thresholds and compares them with the exact attention: the mask's density, the true softmax mass the kept
+blocks hold and the relative error of the attention output restricted to them (on a sample of query blocks).
+Then, per (layer, head), either
 
 - ``mass``: the lowest threshold whose kept true mass reaches the budget (quality first), or
-- ``density``: the thresholds that keep the most true mass at a given mean density (speed first; one
-  Lagrange multiplier traded against density, found by bisection),
+- ``density``: the thresholds that keep the most true mass (or give the least output error, ``by="error"``)
+  at a given mean density (speed first; one Lagrange multiplier traded against density, found by bisection),
 
 and writes them as the config's threshold table (``op.threshold: {default, heads: {layer: [tau per head]}}``).
 
@@ -24,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,7 +36,6 @@ from .backends import resolve_backend
 from .block_mask import BlockSparseMask
 from .config import XAttentionConfig, ceil_div
 from .estimate import block_scores, dense_mask, select_blocks
-from .oracle import oracle_block_mass
 from .runtime import MaskRequest
 
 DEFAULT_TAUS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.99, 1.0)
@@ -42,24 +43,35 @@ DEFAULT_TAUS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0
 
 @dataclass
 class ThresholdProfile:
-    """Per (layer, head, threshold): summed mask density and kept true mass, and how many calls were summed.
+    """Per (layer, head, threshold): summed mask density, kept true mass and relative output error, and how many
+    calls were summed.
 
-    ``density[layer]`` and ``mass[layer]`` are ``[H, T]`` float64 sums over calls (each call's value is its mean
-    over batch and query blocks); ``calls[layer]`` counts them; ``taus`` is the grid (ascending)."""
+    ``density[layer]``, ``mass[layer]`` and ``error[layer]`` are ``[H, T]`` float64 sums over calls (each call's
+    value is its mean over the batch; density and mass also over query blocks; error is
+    ``||O_tau - O|| / ||O||`` over the sampled query blocks); ``calls[layer]`` counts them; ``taus`` is the grid
+    (ascending)."""
 
     taus: tuple[float, ...]
     density: dict[int, torch.Tensor] = field(default_factory=dict)
     mass: dict[int, torch.Tensor] = field(default_factory=dict)
+    error: dict[int, torch.Tensor] = field(default_factory=dict)
     calls: dict[int, int] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def add(self, layer: int, density: torch.Tensor, mass: torch.Tensor) -> None:
+    def add(self, layer: int, density: torch.Tensor, mass: torch.Tensor, error: torch.Tensor) -> None:
         if layer in self.calls:
             self.density[layer] += density
             self.mass[layer] += mass
+            self.error[layer] += error
             self.calls[layer] += 1
         else:
-            self.density[layer], self.mass[layer], self.calls[layer] = density.clone(), mass.clone(), 1
+            self.density[layer], self.mass[layer], self.error[layer] = density.clone(), mass.clone(), error.clone()
+            self.calls[layer] = 1
+
+    def mean_error(self) -> torch.Tensor:
+        """Relative output error ``[L, H, T]``, mean over the profiled calls (layers ascending)."""
+        self.means()  # the same checks
+        return torch.stack([self.error[l] / self.calls[l] for l in sorted(self.calls)])
 
     def means(self) -> tuple[list[int], torch.Tensor, torch.Tensor]:
         """(layers, density ``[L, H, T]``, kept mass ``[L, H, T]``), means over the profiled calls."""
@@ -77,7 +89,8 @@ class ThresholdProfile:
     def to_dict(self) -> dict[str, Any]:
         return {"taus": list(self.taus), "meta": self.meta,
                 "layers": {str(l): {"calls": self.calls[l], "density": self.density[l].tolist(),
-                                    "mass": self.mass[l].tolist()} for l in sorted(self.calls)}}
+                                    "mass": self.mass[l].tolist(), "error": self.error[l].tolist()}
+                           for l in sorted(self.calls)}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ThresholdProfile":
@@ -86,6 +99,9 @@ class ThresholdProfile:
             layer = int(key)
             p.density[layer] = torch.tensor(v["density"], dtype=torch.float64)
             p.mass[layer] = torch.tensor(v["mass"], dtype=torch.float64)
+            # profiles written before the error was measured: NaN, so an error budget refuses them
+            p.error[layer] = torch.tensor(v["error"] if "error" in v else torch.full_like(p.mass[layer], math.nan),
+                                          dtype=torch.float64)
             p.calls[layer] = int(v["calls"])
         return p
 
@@ -103,7 +119,7 @@ class ThresholdProfiler:
 
     Args:
         taus: the threshold grid, each in (0, 1].
-        query_blocks: how many video query blocks per call get the exact (oracle) mass, evenly spaced; None:
+        query_blocks: how many video query blocks per call get the exact mass and output error, evenly spaced; None:
             all of them (cost: one exact attention per call in float32, chunked).
     """
 
@@ -126,21 +142,53 @@ class ThresholdProfiler:
         rows = _sample_rows(max(1, min(ceil_div(n_video, bs), n // bs)), self.query_blocks, q.device)
         q_blocks = torch.nn.functional.pad(q, (0, 0, 0, ceil_div(n, bs) * bs - n)).unflatten(2, (-1, bs))
         q_sel = q_blocks.index_select(2, rows).flatten(2, 3)  # whole blocks, in order: row i is block rows[i]
-        chunk = max(16, min(2048, (1 << 29) // (b * h * k.shape[2])))  # ~2 GiB of float32 logits at a time
-        oracle = oracle_block_mass(q_sel, k, bs, req.kv_len, chunk=chunk)  # [B, H, R, KB]
         backend = resolve_backend(op, q)
         scores = block_scores(q, k, bs, op.stride, req.kv_len, backend, sink_aware=op.sink_aware)
         global_start = req.global_start if op.keep_text else None
-        density, mass = [], []
+        density, keeps = [], []
         for tau in self.profile.taus:
             mask = select_blocks(scores, tau, block_size=bs, q_len=n, kv_len=req.kv_len,
                                  keep_diagonal=op.keep_diagonal, max_density=None, global_start=global_start,
                                  backend=backend)
-            keep = mask.to_dense().index_select(2, rows)  # [B, H, R, KB]
-            mass.append((oracle * keep).sum(-1).mean((0, 2)).double().cpu())
+            keeps.append(mask.to_dense().index_select(2, rows))  # [B, H, R, KB]
             density.append(mask.density_per_head().mean(0).cpu())
-        self.profile.add(req.layer, torch.stack(density, -1), torch.stack(mass, -1))
+        if req.v is None:
+            raise ValueError("the profiler needs v (the runtime passes it in every MaskRequest)")
+        mass, error = kept_mass_and_error(q_sel, k, req.v, req.kv_len, keeps, bs)
+        self.profile.add(req.layer, torch.stack(density, -1), mass.T.cpu(), error.T.cpu())
         return dense_mask(b, n, req.kv_len, k.shape[2], bs, q.device)
+
+
+@torch.no_grad()
+def kept_mass_and_error(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: torch.Tensor,
+                        keeps: Sequence[torch.Tensor], block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each block mask in ``keeps`` (``[B, H, QB, KB]`` bool over the query blocks of ``q``): the exact
+    softmax mass its kept blocks hold (mean over queries) and the relative error of attention restricted to them,
+    ``||O_keep - O|| / ||O||`` over all queries; each ``[T, H]``, mean over the batch. Exact attention in float32,
+    in chunks of queries (about 2 GiB of logits at a time); keys at or past ``kv_len`` are padding."""
+    b, h, n, d = q.shape
+    nk = k.shape[2]
+    valid = torch.arange(nk, device=q.device)[None, :] < kv_len.to(q.device)[:, None]
+    bias = torch.zeros(b, 1, 1, nk, device=q.device).masked_fill(~valid[:, None, None, :], float("-inf"))
+    masks = torch.stack(list(keeps))  # [T, B, H, QB, KB]
+    mass = torch.zeros(len(keeps), b, h, dtype=torch.float64, device=q.device)
+    err = torch.zeros_like(mass)
+    norm = torch.zeros(b, h, dtype=torch.float64, device=q.device)
+    kf, vf = k.float(), v.float()
+    chunk = max(16, min(2048, (1 << 28) // (b * h * nk)))
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        p = torch.softmax((q[:, :, start:stop].float() @ kf.transpose(-1, -2)) * d ** -0.5 + bias, -1)
+        out = p @ vf
+        norm += out.double().square().sum((-1, -2))
+        query_blocks = torch.arange(start, stop, device=q.device) // block_size
+        for t in range(len(keeps)):
+            key_keep = masks[t][:, :, query_blocks].repeat_interleave(block_size, -1)[..., :nk]  # [B, H, c, NK]
+            kept = p * key_keep
+            total = kept.sum(-1, keepdim=True)
+            mass[t] += total.squeeze(-1).double().sum(-1)
+            err[t] += ((kept @ vf) / total.clamp_min(1e-30) - out).double().square().sum((-1, -2))
+    return (mass / n).mean(1), (err / norm.clamp_min(1e-30)).sqrt().mean(1)
 
 
 def _sample_rows(num_blocks: int, count: int | None, device: torch.device) -> torch.Tensor:
@@ -150,19 +198,20 @@ def _sample_rows(num_blocks: int, count: int | None, device: torch.device) -> to
 
 
 def choose_thresholds(profile: ThresholdProfile, *, mass: float | None = None,
-                      density: float | None = None) -> dict[str, Any]:
+                      density: float | None = None, by: str = "mass") -> dict[str, Any]:
     """A threshold table from a profile: give exactly one of
 
     - ``mass`` in (0, 1]: per (layer, head) the lowest threshold whose mean kept true mass reaches it;
-    - ``density`` in (0, 1]: the per-head thresholds that keep the most true mass (summed over heads) with a
-      mean density at or below it (the lowest-density choice when none is that low).
+    - ``density`` in (0, 1]: the per-head thresholds with a mean density at or below it (the lowest-density
+      choice when none is that low) that keep the most true mass summed over heads (``by="mass"``) or give the
+      least relative output error summed over heads (``by="error"``).
 
     Returns ``{"default": tau, "heads": {layer: [tau per head]}}`` (``default``, the median, serves layers the
     profile did not see), ready for ``config.replace(threshold=table)``.
 
     Example::
 
-        table = choose_thresholds(profile, density=0.3)
+        table = choose_thresholds(profile, density=0.3, by="error")
     """
     if (mass is None) == (density is None):
         raise ValueError("give exactly one of mass= (kept true mass per head) or density= (mean density)")
@@ -170,6 +219,8 @@ def choose_thresholds(profile: ThresholdProfile, *, mass: float | None = None,
     if not 0.0 < budget <= 1.0:
         name = "mass" if mass is not None else "density"
         raise ValueError(f"{name}={budget!r} is out of range: accepted (0, 1]")
+    if by not in ("mass", "error"):
+        raise ValueError(f"by={by!r}: accepted 'mass' or 'error'")
     layers, d, m = profile.means()
     taus = torch.tensor(profile.taus, dtype=torch.float64)
     if mass is not None:
@@ -177,15 +228,19 @@ def choose_thresholds(profile: ThresholdProfile, *, mass: float | None = None,
         reaches[..., -1] = True  # the largest threshold when none reaches the budget
         choice = reaches.double().argmax(-1)  # the first (lowest) threshold that reaches it
     else:
-        choice = _best_at_density(d, m, density)
+        gain = m if by == "mass" else -profile.mean_error()
+        if not torch.isfinite(gain).all():
+            raise ValueError("this profile has no output errors (written by an earlier version): profile again, "
+                             "or use by='mass'")
+        choice = _best_at_density(d, gain, density)
     chosen = taus[choice]  # [L, H]
     return {"default": float(chosen.median()),
             "heads": {layer: [round(float(t), 4) for t in chosen[i]] for i, layer in enumerate(layers)}}
 
 
 def _best_at_density(d: torch.Tensor, m: torch.Tensor, target: float) -> torch.Tensor:
-    """Per head the threshold index maximising mass - lam * density, with lam bisected so that the mean density
-    is at most ``target``."""
+    """Per head the threshold index maximising gain ``m`` - lam * density, with lam bisected so that the mean
+    density is at most ``target``."""
     def pick(lam: float) -> torch.Tensor:
         return (m - lam * d).argmax(-1)
 
@@ -207,18 +262,19 @@ def _best_at_density(d: torch.Tensor, m: torch.Tensor, target: float) -> torch.T
 
 
 def summarise(profile: ThresholdProfile, table: dict[str, Any]) -> dict[str, float]:
-    """Mean density and kept true mass that ``table`` gave on the profiled calls, and what the best single
-    threshold of the grid gives at no more density (for comparison)."""
+    """Mean density, kept true mass and relative output error that ``table`` gave on the profiled calls, and
+    what the best single threshold of the grid (most mass) gives at no more density, for comparison."""
     layers, d, m = profile.means()
+    e = profile.mean_error()
     taus = list(profile.taus)
-    idx = torch.tensor([[taus.index(t) for t in table["heads"][layer]] for layer in layers])
-    dens = float(d.gather(-1, idx[..., None]).mean())
-    kept = float(m.gather(-1, idx[..., None]).mean())
-    global_d, global_m = d.mean((0, 1)), m.mean((0, 1))  # [T]
+    idx = torch.tensor([[taus.index(t) for t in table["heads"][layer]] for layer in layers])[..., None]
+    global_d, global_m, global_e = d.mean((0, 1)), m.mean((0, 1)), e.mean((0, 1))  # [T]
+    dens = float(d.gather(-1, idx).mean())
     fits = [i for i in range(len(taus)) if global_d[i] <= dens + 1e-9]
     best = max(fits, key=lambda i: float(global_m[i])) if fits else int(global_d.argmin())
-    return {"density": dens, "mass": kept, "single_tau": taus[best], "single_tau_density": float(global_d[best]),
-            "single_tau_mass": float(global_m[best])}
+    return {"density": dens, "mass": float(m.gather(-1, idx).mean()), "error": float(e.gather(-1, idx).mean()),
+            "single_tau": taus[best], "single_tau_density": float(global_d[best]),
+            "single_tau_mass": float(global_m[best]), "single_tau_error": float(global_e[best])}
 
 
 def profile_thresholds(pipe: Any, prompts: Sequence[str], config: XAttentionConfig, *, num_frames: int,

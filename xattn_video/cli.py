@@ -101,7 +101,10 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="per head, the lowest threshold whose blocks keep this share of the true attention "
                              "mass (default 0.95)")
     budget.add_argument("--density", type=_fraction("--density"),
-                        help="instead: the thresholds that keep the most true mass at this mean density")
+                        help="instead: the thresholds that keep the most true mass (or, with --by error, give the "
+                             "least output error) at this mean density")
+    c.add_argument("--by", choices=("mass", "error"), default="mass",
+                   help="what --density optimises: kept true mass (default) or relative output error")
     c.add_argument("--query-blocks", type=_positive("--query-blocks"),
                    help="query blocks per call whose exact attention is computed (default: all; 16-32 keep a "
                         "720p calibration affordable)")
@@ -230,7 +233,9 @@ def _calibrate(args: argparse.Namespace) -> int:
         prompts = [seen[i * len(seen) // 2] for i in range(2)]
     pipe = load_pipeline(args.model, device=args.device)
     profile = profile_thresholds(pipe, prompts, config, seed=args.seed, query_blocks=args.query_blocks, **sizes)
-    budget = {"density": args.density} if args.density is not None else {"mass": args.mass or 0.95}
+    if args.by != "mass" and args.density is None:
+        raise ValueError(f"--by {args.by} goes with --density (a mass budget is per head, by mass)")
+    budget = {"density": args.density, "by": args.by} if args.density is not None else {"mass": args.mass or 0.95}
     table = choose_thresholds(profile, **budget)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -238,8 +243,9 @@ def _calibrate(args: argparse.Namespace) -> int:
     profile.save(out.with_suffix(".profile.json"))
     s = summarise(profile, table)
     print(f"wrote {out} and {out.with_suffix('.profile.json')}: on the profiled calls, mean density "
-          f"{s['density']:.3f} keeping {s['mass']:.3f} of the true attention mass (one threshold for all, "
-          f"tau={s['single_tau']}: density {s['single_tau_density']:.3f}, mass {s['single_tau_mass']:.3f})")
+          f"{s['density']:.3f} keeping {s['mass']:.3f} of the true attention mass, output error {s['error']:.3f} "
+          f"(one threshold for all, tau={s['single_tau']}: density {s['single_tau_density']:.3f}, mass "
+          f"{s['single_tau_mass']:.3f}, error {s['single_tau_error']:.3f})")
     return 0
 
 
