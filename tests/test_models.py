@@ -260,3 +260,15 @@ def test_loader_names_a_folder_it_cannot_run(tmp_path, cls, family):
     expected = f"holds a {cls} \\({family}\\).*apply_xattention" if family else f"holds a {cls}; accepted: a HunyuanVideoPipeline"
     with pytest.raises(ValueError, match=expected):
         load_pipeline(tmp_path, device="cpu")
+
+
+@pytest.mark.parametrize("cls", [WanXAttentionProcessor, HunyuanVideo15XAttentionProcessor])
+def test_adapter_processors_refuse_context_parallelism(cls):
+    """Under diffusers' context parallelism these processors would see a shard of the video: they refuse."""
+    from xattn_video.runtime import XAttentionRuntime
+
+    proc = cls(XAttentionRuntime(), layer=0)
+    proc._parallel_config = object()  # what diffusers' enable_parallelism sets
+    x = torch.zeros(1, 4, 8)
+    with pytest.raises(NotImplementedError, match="context parallelism"):
+        proc(None, x, None if cls is WanXAttentionProcessor else x)  # Wan: self-attention has no text

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ..runtime import XAttentionRuntime
 from . import ModelAdapter
+from .base import AdapterProcessor
 
 
 class _KeyMaskMemo:
@@ -54,7 +55,7 @@ class _KeyMaskMemo:
 _MEMOS: "weakref.WeakKeyDictionary[XAttentionRuntime, _KeyMaskMemo]" = weakref.WeakKeyDictionary()
 
 
-class HunyuanVideo15XAttentionProcessor:
+class HunyuanVideo15XAttentionProcessor(AdapterProcessor):
     """Drop-in for diffusers' ``HunyuanVideo15AttnProcessor2_0`` (joint attention of every block).
 
     Args:
@@ -68,15 +69,11 @@ class HunyuanVideo15XAttentionProcessor:
         transformer.transformer_blocks[0].attn.set_processor(proc)
     """
 
-    _attention_backend = None  # diffusers sets these on processors (set_attention_backend, context parallel)
-    _parallel_config = None
+    stock_class = "diffusers.models.transformers.transformer_hunyuan_video15:HunyuanVideo15AttnProcessor2_0"
 
     def __init__(self, runtime: XAttentionRuntime, layer: int, name: str | None = None) -> None:
-        self.runtime = runtime
-        self.layer = layer
-        self.name = name
+        super().__init__(runtime, layer, name)
         self._memo = _MEMOS.setdefault(runtime, _KeyMaskMemo())
-        self._stock: Any = None
 
     def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, image_rotary_emb: Any = None,
@@ -84,9 +81,7 @@ class HunyuanVideo15XAttentionProcessor:
         if encoder_hidden_states is None:  # not the joint call these blocks make
             return self._stock_processor()(attn, hidden_states, encoder_hidden_states, attention_mask,
                                            image_rotary_emb)
-        if self._parallel_config is not None:
-            raise NotImplementedError("XAttention does not support diffusers' context parallelism (each device would "
-                                      "see a shard of the video tokens); remove_xattention first, or run on one device")
+        self._refuse_context_parallel()
         query, key, value = (p(hidden_states).unflatten(2, (attn.heads, -1)) for p in (attn.to_q, attn.to_k, attn.to_v))
         query, key = attn.norm_q(query), attn.norm_k(key)
         if image_rotary_emb is not None:
@@ -117,12 +112,6 @@ class HunyuanVideo15XAttentionProcessor:
             encoder_out = attn.to_add_out(encoder_out)
         return out, encoder_out
 
-    def _stock_processor(self) -> Any:
-        if self._stock is None:
-            from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVideo15AttnProcessor2_0
-
-            self._stock = HunyuanVideo15AttnProcessor2_0()
-        return self._stock
 
 
 def attention_names(model: torch.nn.Module) -> list[str]:

@@ -22,9 +22,10 @@ import torch
 
 from ..runtime import XAttentionRuntime
 from . import ModelAdapter
+from .base import AdapterProcessor
 
 
-class WanXAttentionProcessor:
+class WanXAttentionProcessor(AdapterProcessor):
     """Drop-in for diffusers' ``WanAttnProcessor`` on a Wan block's self-attention (``attn1``).
 
     Args:
@@ -40,22 +41,13 @@ class WanXAttentionProcessor:
         transformer.blocks[0].attn1.set_processor(proc)
     """
 
-    _attention_backend = None  # diffusers sets these on processors (set_attention_backend, context parallel)
-    _parallel_config = None
-
-    def __init__(self, runtime: XAttentionRuntime, layer: int, name: str | None = None) -> None:
-        self.runtime = runtime
-        self.layer = layer
-        self.name = name
-        self._stock: Any = None
+    stock_class = "diffusers.models.transformers.transformer_wan:WanAttnProcessor"
 
     def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, rotary_emb: Any = None, **kwargs: Any) -> torch.Tensor:
         if encoder_hidden_states is not None:
             return self._stock_processor()(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
-        if self._parallel_config is not None:
-            raise NotImplementedError("XAttention does not support diffusers' context parallelism (each device would "
-                                      "see a shard of the video tokens); remove_xattention first, or run on one device")
+        self._refuse_context_parallel()
         if getattr(attn, "fused_projections", False):
             query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
         else:
@@ -70,12 +62,6 @@ class WanXAttentionProcessor:
         out = out.transpose(1, 2).flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 
-    def _stock_processor(self) -> Any:
-        if self._stock is None:
-            from diffusers.models.transformers.transformer_wan import WanAttnProcessor
-
-            self._stock = WanAttnProcessor()
-        return self._stock
 
 
 def wan_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
