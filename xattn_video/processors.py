@@ -107,13 +107,7 @@ class XAttentionProcessor:
             query = _rope_video(query, n_video, image_rotary_emb, apply_rotary_emb)
             key = _rope_video(key, n_video, image_rotary_emb, apply_rotary_emb)
         if attn.add_q_proj is not None and encoder_hidden_states is not None:
-            eq, ek, ev = (_heads(p(encoder_hidden_states), attn.heads)
-                          for p in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
-            if attn.norm_added_q is not None:
-                eq = attn.norm_added_q(eq)
-            if attn.norm_added_k is not None:
-                ek = attn.norm_added_k(ek)
-            query, key, value = (torch.cat(p, dim=1) for p in ((query, eq), (key, ek), (value, ev)))
+            query, key, value = append_text_qkv(attn, encoder_hidden_states, query, key, value)
 
         ulysses = self._ulysses_group()
         if ulysses is None:
@@ -171,6 +165,18 @@ class XAttentionProcessor:
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.unflatten(2, (heads, -1))
+
+
+def append_text_qkv(attn: Any, text: torch.Tensor, query: torch.Tensor, key: torch.Tensor,
+                    value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Joint attention's text side: the text tokens through the attention's added projections and QK norms,
+    appended after the video's ``[B, N, H, D]`` query, key and value (HunyuanVideo v1 and 1.5)."""
+    eq, ek, ev = (_heads(p(text), attn.heads) for p in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
+    if attn.norm_added_q is not None:
+        eq = attn.norm_added_q(eq)
+    if attn.norm_added_k is not None:
+        ek = attn.norm_added_k(ek)
+    return tuple(torch.cat(p, dim=1) for p in ((query, eq), (key, ek), (value, ev)))
 
 
 def _rope_video(x: torch.Tensor, n_video: int, rope: Any, apply_rotary_emb: Any) -> torch.Tensor:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..processors import append_text_qkv
 from ..runtime import XAttentionRuntime
 from . import ModelAdapter
 from .base import AdapterProcessor
@@ -89,13 +90,7 @@ class HunyuanVideo15XAttentionProcessor(AdapterProcessor):
 
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-        eq, ek, ev = (p(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-                      for p in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
-        if attn.norm_added_q is not None:
-            eq = attn.norm_added_q(eq)
-        if attn.norm_added_k is not None:
-            ek = attn.norm_added_k(ek)
-        query, key, value = (torch.cat(p, dim=1) for p in ((query, eq), (key, ek), (value, ev)))
+        query, key, value = append_text_qkv(attn, encoder_hidden_states, query, key, value)
 
         b, n_video, n_text = hidden_states.shape[0], hidden_states.shape[1], encoder_hidden_states.shape[1]
         key_mask = self._memo.key_mask(attention_mask, b, n_video, n_text, query.device)
