@@ -145,6 +145,57 @@ def gpu_checks() -> list[dict]:
     return results
 
 
+def fault_checks(device: str = "cuda") -> list[dict]:
+    """NaN / +-Inf in q, k or v at one element: the compiled Triton path (estimate, selection, attention) must
+    put NaN and Inf exactly where dense SDPA over the valid keys does at tau = 1, and where the reference path
+    on the same mask does at tau = 0.5 (the interpreter tests cannot see how the GPU's max / exp2 treat NaN).
+    Records failures instead of raising, so the timing rows still run."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from xattn_video.attention import xattention
+    from xattn_video.config import OpConfig
+
+    def dense(q, k, v, kv_len):  # over each sample's valid keys, sliced
+        return torch.cat([F.scaled_dot_product_attention(q[i:i + 1], k[i:i + 1, :, :m], v[i:i + 1, :, :m])
+                          for i, m in enumerate(kv_len.tolist())])
+
+    results = []
+    for dtype in (torch.bfloat16, torch.float16):
+        for tensor in ("q", "k", "v"):
+            for name, value in (("nan", float("nan")), ("+inf", float("inf")), ("-inf", float("-inf"))):
+                gen = torch.Generator(device=device).manual_seed(7)
+                b, h, n, d, bs = 2, 2, 333, 64, 64
+                q, k, v = (torch.randn(b, h, n, d, device=device, generator=gen).to(dtype) for _ in range(3))
+                kv_len = torch.tensor([n, n - 9], device=device)
+                {"q": q, "k": k, "v": v}[tensor][:, 1, 100, 5] = value  # head 1 only: head 0 stays clean
+                for tau in (1.0, 0.5):
+                    cfg = OpConfig(block_size=bs, stride=8, threshold=tau, keep_diagonal=False, keep_text=False,
+                                   backend="triton")
+                    out, mask = xattention(q, k, v, cfg, kv_len)
+                    fused = None
+                    if tau == 1.0:  # the definition: SDPA's math backend in fp32 (the tests' too)
+                        with sdpa_kernel(SDPBackend.MATH):
+                            want = dense(q.float(), k.float(), v.float(), kv_len)
+                        fused = dense(q, k, v, kv_len)  # what the GPU's fused SDPA gives, for the record
+                    else:
+                        want = block_sparse_attention_reference(q, k, v, mask)
+                    ok = (torch.equal(out.isnan(), want.isnan()) and torch.equal(out.isinf(), want.isinf())
+                          and bool(out[:, 0].isfinite().all()))
+                    finite = out.isfinite() & want.isfinite()
+                    err = float((out.float() - want.float())[finite].abs().max()) if finite.any() else 0.0
+                    results.append(dict(check="fault", dtype=str(dtype), tensor=tensor, fault=name, tau=tau,
+                                        nan_out=int(out.isnan().sum()), nan_want=int(want.isnan().sum()),
+                                        inf_out=int(out.isinf().sum()), inf_want=int(want.isinf().sum()),
+                                        nan_fused_sdpa=None if fused is None else int(fused.isnan().sum()),
+                                        max_abs_err_finite=err, ok=bool(ok and err < 5e-2)))
+    bad = [r for r in results if not r["ok"]]
+    print(f"fault checks: {len(results) - len(bad)} of {len(results)} as dense SDPA / the reference")
+    for r in bad:
+        print("FAULT CHECK FAILED", r)
+    return results
+
+
 def run_size(name: str, quick: bool, flex_fn, rows: list[dict]) -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     import torch.nn.functional as F
@@ -261,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     info = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                 python=platform.python_version(), date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), argv=sys.argv)
     print(info, flush=True)
-    checks = [] if args.no_check else gpu_checks()
+    checks = [] if args.no_check else gpu_checks() + fault_checks()
     rows: list[dict] = []
     if not args.check_only:
         flex_fn = None

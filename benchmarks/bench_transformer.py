@@ -53,6 +53,7 @@ ROWS = [  # name, config (None = stock processor)
     ("xattn max_density=0.3, tile, mask reused", dict(threshold=0.9, max_density=0.3, token_order="tile",
                                                       mask_reuse_steps=2)),
     ("xattn max_density=0.3, per-head table", dict(max_density=0.3)),  # the table: per_head_table(model)
+    ("xattn max_density=0.3, sink-aware", dict(threshold=0.9, max_density=0.3, sink_aware=True)),
     ("xattn tau=0.9, dense_above=0.6", dict(threshold=0.9, dense_above=0.6)),
     ("xattn tau=0.95", dict(threshold=0.95)),
     ("xattn tau=0.9", dict(threshold=0.9)),

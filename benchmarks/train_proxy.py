@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", help="a saved proxy folder to continue training from (its weights, a fresh "
                     "optimizer); the stages become one stage alternating both sizes")
     ap.add_argument("--resume-seconds", type=float, default=440.0)
+    ap.add_argument("--resume-sizes", choices=["both", "large"], default="both",
+                    help="with --resume: alternate both sizes, or train the large size only (its following and "
+                    "attention concentration are what the small size does not teach)")
     ap.add_argument("--evaluate", help="no training: held-out caption following of this saved proxy folder under "
                     "every sampler setting (shift x CFG), both sizes; writes OUT/evaluate.json")
     ap.add_argument("--toy", action="store_true", help="CPU smoke test: tiny sizes, a few steps")
@@ -174,9 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         size = ProxySize(c.num_attention_heads, c.attention_head_dim, c.num_layers, c.num_single_layers,
                          c.num_refiner_layers)
         s0, s1 = stages[0], stages[-1]
-        stages = [Stage(frames=s0.frames, height=s0.height, width=s0.width, batch=s0.batch, lr=3e-4,
+        first, also = (s1, ()) if args.resume_sizes == "large" else (s0, ((s1.frames, s1.height, s1.width, s1.batch),))
+        stages = [Stage(frames=first.frames, height=first.height, width=first.width, batch=first.batch, lr=3e-4,
                         steps=None if not args.toy else 4, seconds=None if args.toy else args.resume_seconds,
-                        also=((s1.frames, s1.height, s1.width, s1.batch),))]
+                        also=also)]
     else:
         pipe = proxy_pipeline(proxy_components(seed=args.seed, size=size))
     pipe.to(device)
