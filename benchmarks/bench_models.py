@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_transformer import rel_l2, sync  # noqa: E402
+from bench_transformer import kernel_breakdown, rel_l2, sync  # noqa: E402
 
 from xattn_video import XAttentionConfig, apply_xattention, remove_xattention  # noqa: E402
 from xattn_video.attention import dense_attention, xattention  # noqa: E402
@@ -141,17 +141,30 @@ def warm_up_kernels(n: int, n_valid: int, heads: int, head_dim: int, n_video: in
     del q, k, v
 
 
-def time_forward(model, inputs, device) -> tuple[float, torch.Tensor, float | None]:
+def time_forward(model, inputs, device, profile: bool = False) -> tuple[float, torch.Tensor, float | None, dict]:
+    """Forward ms, output, peak GiB and, with ``profile`` on a GPU, GPU time by kernel family (attention,
+    estimate + selection, the rest: where a step's time goes)."""
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    profiling = profile and device.type == "cuda"
+    prof = None
+    if profiling:
+        from torch.profiler import ProfilerActivity, profile as torch_profile
+
+        prof = torch_profile(activities=[ProfilerActivity.CUDA])
+        prof.__enter__()
     t0 = time.perf_counter()
     with torch.no_grad():
         out = model(**inputs)[0]
     sync(device)
     ms = (time.perf_counter() - t0) * 1e3
+    breakdown = {}
+    if prof is not None:
+        prof.__exit__(None, None, None)
+        breakdown = kernel_breakdown(prof)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    return ms, out, peak
+    return ms, out, peak, breakdown
 
 
 def bench_model(name: str, args, device, dtype, backend: str) -> list[dict]:
@@ -175,7 +188,7 @@ def bench_model(name: str, args, device, dtype, backend: str) -> list[dict]:
         else:
             runtime = apply_xattention(model, config_for(overrides, backend, args.tiny))
         try:
-            ms, out, peak = time_forward(model, inputs, device)
+            ms, out, peak, breakdown = time_forward(model, inputs, device, args.profile)
         except torch.OutOfMemoryError as e:  # the stock HunyuanVideo 1.5 call builds an N x N mask
             rows.append({"model": name, "row": label, "error": f"out of memory: {str(e)[:200]}"})
             print(f"  {label:20s} out of memory", flush=True)
@@ -189,10 +202,11 @@ def bench_model(name: str, args, device, dtype, backend: str) -> list[dict]:
                "density": sum(densities) / len(densities) if densities else 1.0,
                "rel_l2_vs_stock": rel_l2(out, reference) if reference is not None else None,
                "finite": bool(torch.isfinite(out).all()), "peak_mem_gb": peak,
-               "reasons": runtime.record.counts() if runtime else None}
+               "reasons": runtime.record.counts() if runtime else None, **breakdown}
         rows.append(row)
         print(f"  {label:20s} {ms:10.1f} ms  density {row['density']:.3f}  err {row['rel_l2_vs_stock']}  "
-              f"peak {peak}", flush=True)
+              f"peak {peak}" + (f"  attention {breakdown['attention_ms']:.0f} ms, estimate {breakdown['estimate_ms']:.0f}"
+                                f" ms, rest {breakdown['rest_ms']:.0f} ms" if breakdown else ""), flush=True)
         del out
     remove_xattention(model)
     timed = {r["row"]: r["forward_ms"] for r in rows if "forward_ms" in r}
@@ -225,6 +239,8 @@ def main() -> None:
     p.add_argument("--model", default="wan,hunyuan15", help="comma-separated: wan, hunyuan15")
     p.add_argument("--valid-text", type=int, default=120, help="real (unpadded) prompt tokens")
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny models, reference backend")
+    p.add_argument("--profile", action="store_true", help="GPU time by kernel family per row (torch profiler; "
+                   "the profiled forward runs a little slower)")
     p.add_argument("--out", default="bench_models.json")
     args = p.parse_args()
     names = args.model.split(",")
