@@ -119,9 +119,10 @@ def main() -> None:
         tap.masks, tap.on = [], False
         with torch.no_grad():
             model(**inputs)  # warm-up
+        sync(device)
         for g in groups:
             g.timed = True
-            g.comm_seconds()
+            g.comm_seconds()  # drop what the warm-up recorded
         tap.on = True
         sync(device)
         dist.barrier()

@@ -12,9 +12,9 @@ block-sparse kernel; only the block masks differ:
   criterion on 64 sampled queries), Radial attention's energy-decay mask, and random blocks (the floor);
 - each with 0 / 10% / 20% of the steps dense;
 - the quality levers (at the first warmup only), each at density 0.3 and 0.15: the 3D-tile token order, the
-  sink-aware estimate, per-head thresholds calibrated on *training* captions for that density
-  (``xattn_video.calibrate``; by kept mass and by output error), alone and with the sink-aware estimate, and
-  mask reuse for 2 / 3 / 4 steps.
+  sink-aware estimate, the cap over each head's rows together (``cap_scope="head"``), per-head thresholds
+  calibrated on *training* captions for that density (``xattn_video.calibrate``; by kept mass and by output
+  error), alone and with the sink-aware estimate, and mask reuse for 2 / 3 / 4 steps.
 
 Per run: PSNR and SSIM of every video against its dense reference (mean over videos), the caption-following
 rate, the density after warmup, the attention time per step (CUDA events around each attention call, the
@@ -22,6 +22,8 @@ mask's estimate or construction included) and the run's wall time. JSON after ev
 keeps what finished), then a Markdown table and a Pareto plot (density -> PSNR).
 
     python benchmarks/bench_quality.py --out $OUT/quality           # GPU: 17 x 64 x 64 (17,408 tokens)
+    python benchmarks/bench_quality.py --levers-only --warmups 0.1 --profiles DIR --out $OUT/levers
+                                        # the levers beside plain XAttention, calibrating from saved profiles
     python benchmarks/bench_quality.py --toy --out /tmp/quality     # CPU smoke test of this script
 """
 
@@ -100,15 +102,17 @@ def build_methods(layout: VideoLayout, block: int, text: int, valid_text: int, t
 
 
 LEVERS = {"": {}, " +tile": {"token_order": "tile"}, " +sink": {"sink_aware": True},
-          " +tile+sink": {"token_order": "tile", "sink_aware": True}}
+          " +tile+sink": {"token_order": "tile", "sink_aware": True}, " per head": {"cap_scope": "head"},
+          " per head +sink": {"cap_scope": "head", "sink_aware": True}}
 
 
 def build_lever_methods(pipe: Any, captions: list[str], size: dict, steps: int, warmup: int, block: int,
-                        stride: int, out: Path, toy: bool) -> list[Method]:
-    """The quality levers at each density: tile order and sink-aware scores on the capped estimate; per-head
-    thresholds calibrated for the density (profiled on training captions, dense, at this size) alone and with
-    the other levers; mask reuse. Writes each calibrated config and profile to ``out``."""
-    from xattn_video.calibrate import ThresholdProfiler, choose_thresholds, summarise
+                        stride: int, out: Path, toy: bool, profiles: Path | None = None) -> list[Method]:
+    """The quality levers at each density: tile order, sink-aware scores and the head-wide cap on the capped
+    estimate; per-head thresholds calibrated for the density (profiled on training captions, dense, at this
+    size, or read from ``profiles``: an earlier run's folder) alone and with the sink-aware estimate; mask
+    reuse. Writes each calibrated config and profile to ``out``."""
+    from xattn_video.calibrate import ThresholdProfile, ThresholdProfiler, choose_thresholds, summarise
 
     methods: list[Method] = []
     for d in DENSITIES:
@@ -119,15 +123,20 @@ def build_lever_methods(pipe: Any, captions: list[str], size: dict, steps: int, 
                                       target=d, first_warmup_only=True))
     for name in ("", " +sink") if not toy else ("",):  # tile order did not help calibration (RESULTS.md)
         lever = LEVERS[name]
-        profiler = ThresholdProfiler()
         cfg = XAttentionConfig(block_size=block, stride=stride, warmup_steps=warmup, **lever)
-        run(pipe, captions, list(range(50_000, 50_000 + len(captions))), size, steps, len(captions), cfg, profiler)
         tag = name.replace(" +", "_")
-        profiler.profile.save(out / f"profile{tag}.json")
+        if profiles is not None:
+            profile = ThresholdProfile.load(profiles / f"profile{tag}.json")
+        else:
+            profiler = ThresholdProfiler()
+            run(pipe, captions, list(range(50_000, 50_000 + len(captions))), size, steps, len(captions), cfg,
+                profiler)
+            profile = profiler.profile
+        profile.save(out / f"profile{tag}.json")
         for d in DENSITIES:
             for by in ("mass", "error"):
-                table = choose_thresholds(profiler.profile, density=d, by=by)
-                summary = summarise(profiler.profile, table)
+                table = choose_thresholds(profile, density=d, by=by)
+                summary = summarise(profile, table)
                 cfg.replace(threshold=table).save(out / f"calibrated{tag}_{by}_{d}.yaml")
                 print(f"calibrated by {by}{name} @{d}: profiled density {summary['density']:.3f}, mass "
                       f"{summary['mass']:.3f}, error {summary['error']:.3f} (single tau {summary['single_tau']}: "
@@ -222,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=470.0, help="stop starting new runs after this long")
     ap.add_argument("--no-levers", dest="levers", action="store_false",
                     help="skip the quality levers (tile order, sink-aware, calibrated thresholds, mask reuse)")
+    ap.add_argument("--levers-only", action="store_true",
+                    help="the plain capped XAttention rows and the quality levers only (no peers, no tau rows)")
+    ap.add_argument("--profiles", type=Path, default=None,
+                    help="calibrate from the profiles an earlier run saved in this folder (same model, size, "
+                    "captions) instead of profiling again")
     ap.add_argument("--toy", action="store_true", help="CPU smoke test: small video, few methods")
     args = ap.parse_args(argv)
 
@@ -245,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     text = pipe.xattn_proxy_info.max_sequence_length
     valid_text = len(pipe.tokenizer(held[0]).input_ids)  # every caption has five words: the same length
     methods = build_methods(layout, block, text, valid_text, args.toy)
+    if args.levers_only:
+        methods = [m for m in methods if m.family == "xattention cap"]
     if args.toy:
         methods = [m for m in methods if "@0.3" in m.name or m.family == "xattention cap" or "0.9 " in m.name]
 
@@ -265,9 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.levers:
         train, _ = caption_split()
         levers = build_lever_methods(pipe, train[::17][:2 if args.toy else 4], size, steps,
-                                     round(warmups[0] * steps), block, 8 if args.toy else 16, out, args.toy)
+                                     round(warmups[0] * steps), block, 8 if args.toy else 16, out, args.toy,
+                                     args.profiles)
         if args.toy:  # one of each kind
-            levers = [m for m in levers if m.name.endswith(("cap=0.3 +tile", "@0.3", "reuse=2"))]
+            levers = [m for m in levers if m.name.endswith(("cap=0.3 +tile", "cap=0.3 per head", "@0.3", "reuse=2"))]
         methods += levers
     for w in warmups:
         for m in methods:

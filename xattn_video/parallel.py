@@ -165,6 +165,8 @@ class UlyssesGroup:
     # -- timing (benchmarks) --------------------------------------------------------------------------------
     def comm_seconds(self) -> float:
         """Seconds spent in exchanges since the last call (synchronises on the recorded CUDA events)."""
+        for _, end in self._events:  # an exchange may still be queued on the stream: wait for it
+            end.synchronize()
         total = self._seconds + sum(s.elapsed_time(e) for s, e in self._events) / 1000.0
         self._events, self._seconds = [], 0.0
         return total
