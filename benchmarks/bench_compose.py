@@ -3,11 +3,12 @@
 Three parts, one per command (each fits the 10-minute limit of one run at 720p; ``--part all`` runs them in turn):
 
 - ``step``: one full-size HunyuanVideo transformer forward (= one denoising step; random bf16 weights, the
-  published configuration, as ``bench_transformer.py``) at ``--size``, eager and ``torch.compile``-d (inductor),
-  for our dense path (tau = 1) and XAttention (``--sparse``: tau = 0.9 with ``max_density`` 0.3). Per row: compile
-  + first-call seconds, median forward ms of ``--repeats`` timed calls (the runtime reset before each, so every
+  published configuration, as ``bench_transformer.py``) at ``--size``, eager and compiled (inductor; ``--compile
+  whole``: ``torch.compile(transformer)``, ``regional``: ``transformer.compile_repeated_blocks()``), for our dense
+  path (tau = 1) and XAttention (``--rows sparse``: tau = 0.9 with ``max_density`` 0.3). Per row: compile +
+  first-call seconds, median forward ms of ``--repeats`` timed calls (the runtime reset before each, so every
   timed call estimates its masks), density, relative L2 of the compiled output against the eager one, graph
-  count and graph breaks (``torch._dynamo.explain``, once per config).
+  count and graph breaks (``torch._dynamo.explain``, once per config, whole-model compilation only).
 - ``e2e``: a ``--steps``-step flow-matching denoising loop at ``--size`` driving the same transformer as the
   HunyuanVideo pipeline does (``cache_context("cond")`` per step, stateful hooks reset at the end), random
   weights and random text embeddings: stock diffusers attention, XAttention alone (``--warmup`` dense steps),
@@ -22,6 +23,7 @@ Three parts, one per command (each fits the 10-minute limit of one run at 720p; 
 
     python benchmarks/bench_compose.py --part step --size 720p --rows dense --out $OUT/compose_step_dense.json
     python benchmarks/bench_compose.py --part step --size 720p --rows sparse --out $OUT/compose_step_sparse.json
+    python benchmarks/bench_compose.py --part step --size 720p --compile regional --out $OUT/compose_step_regional.json
     python benchmarks/bench_compose.py --part e2e --size 720p --steps 8 --rows stock,xattention --out $OUT/e2e_a.json
     python benchmarks/bench_compose.py --part e2e --size 720p --steps 8 --rows fbc,both --out $OUT/e2e_b.json
     python benchmarks/bench_compose.py --part quality --out $OUT/compose_quality.json
@@ -80,7 +82,11 @@ def part_step(args, device, dtype) -> list[dict]:
         runtime = apply_xattention(model, sparse_config(args.tiny, warmup_steps=0, **overrides))
         eager_out = None
         for mode in ("eager", "compiled"):
-            fn = model if mode == "eager" else torch.compile(model, backend=args.backend)
+            fn = model
+            if mode == "compiled" and args.compile == "regional":
+                model.compile_repeated_blocks(backend=args.backend)  # diffusers' regional compilation
+            elif mode == "compiled":
+                fn = torch.compile(model, backend=args.backend)
             with torch.no_grad():
                 runtime.reset()
                 sync(device)
@@ -103,9 +109,12 @@ def part_step(args, device, dtype) -> list[dict]:
             if mode == "eager":
                 eager_out = out.float().clone()
             else:
-                row["rel_l2_vs_eager"] = rel_l2(out.float(), eager_out)
-                with torch.no_grad():
-                    row.update(_graphs(model, inputs))
+                row.update(compile=args.compile, rel_l2_vs_eager=rel_l2(out.float(), eager_out))
+                for m in model.modules():  # back to eager (regional compilation is in place)
+                    m._compiled_call_impl = None
+                if args.compile == "whole":
+                    with torch.no_grad():
+                        row.update(_graphs(model, inputs))
             rows.append(row)
             print(f"  step {label:24s} {mode:9s} {row['forward_ms']:10.1f} ms  first {first_s:7.1f} s  "
                   f"density {row['density']:.3f}", flush=True)
@@ -304,6 +313,9 @@ def main() -> None:
     ap.add_argument("--fbc-threshold", type=float, default=0.05, help="FirstBlockCacheConfig threshold")
     ap.add_argument("--repeats", type=int, default=2, help="step: timed forwards per row")
     ap.add_argument("--backend", default="inductor", help="step: torch.compile backend")
+    ap.add_argument("--compile", choices=["whole", "regional"], default="whole",
+                    help="step: torch.compile(transformer), or transformer.compile_repeated_blocks() (each block "
+                    "class compiled once: minutes less to compile a 60-block model)")
     ap.add_argument("--prompts", type=int, default=4, help="quality: held-out captions")
     ap.add_argument("--rows", default="", help="step: dense,sparse; e2e: stock,xattention,fbc,both (default: all; "
                                                "split them over runs that must fit a time limit)")

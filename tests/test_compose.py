@@ -85,6 +85,31 @@ def test_compiled_transformer_matches_eager(pipe, sparse_reference):
     torch.testing.assert_close(got, latents, atol=1e-5, rtol=1e-5)
 
 
+def test_regional_compile_shares_one_graph_across_blocks(pipe, sparse_reference):
+    """``transformer.compile_repeated_blocks()`` (diffusers' regional compilation) compiles each block on its
+    own; with the layer index a graph constant every block recompiled (HunyuanVideo's 20 double blocks would
+    pass dynamo's limit of 8 and run the rest eager). Both double blocks now share one graph, and the
+    latents and per-call decisions equal eager's."""
+    latents, keys = sparse_reference
+    runtime = apply_xattention(pipe, CFG)
+    blocks = list(pipe.transformer.transformer_blocks)
+    assert len(blocks) == 2
+    counter = CompileCounterWithBackend("aot_eager")
+    try:
+        for block in blocks:
+            block.compile(backend=counter)  # what compile_repeated_blocks does for this block class
+        got = generate(pipe)
+        compiled_keys = [c.key() for c in runtime.record.calls]
+    finally:
+        for block in blocks:
+            block._compiled_call_impl = None
+        remove_xattention(pipe)
+        torch._dynamo.reset()
+    assert counter.frame_count == 1, counter.frame_count
+    assert compiled_keys == keys
+    torch.testing.assert_close(got, latents, atol=1e-5, rtol=1e-5)
+
+
 def test_compile_graph_breaks_listed():
     """``torch._dynamo.explain`` on one forward: the attention calls are no longer graph breaks (they were 26
     breaks in 27 graphs: ``.item()`` in the padding parser and the op's checks, ``tolist()``, the timer)."""

@@ -127,6 +127,33 @@ def test_sparse_after_warmup_then_dense_again(family):
     assert not torch.allclose(outs[1], stock, atol=1e-4), "sparse attention changed the output"
 
 
+@pytest.mark.parametrize("family", sorted(CASES))
+def test_compiles_with_the_attention_inside_the_graph(family):
+    """torch.compile of the adapted model: the sparse attention runs as one custom op inside the graph (the
+    only graph break it adds is the step hook's timestep read; HunyuanVideo 1.5's own forward has one more),
+    and the output equals eager."""
+    build, make_inputs = CASES[family]
+    model = build()
+    inputs = make_inputs()
+    try:
+        with torch.no_grad():
+            stock_breaks = {b.reason for b in torch._dynamo.explain(model)(**inputs).break_reasons}
+        torch._dynamo.reset()
+        apply_xattention(model, XAttentionConfig(threshold=0.5, warmup_steps=0, **BLOCKS))
+        eager = _forward(model, inputs)
+        with torch.no_grad():
+            explained = torch._dynamo.explain(model)(**inputs)
+        added = {b.reason for b in explained.break_reasons} - stock_breaks
+        assert all("item()" in r for r in added), added
+        ops = [n for g in explained.graphs for n in g.graph.nodes if "xattn_video.attend" in str(n.target)]
+        assert len(ops) == len(block_attention_names(model))
+        torch._dynamo.reset()
+        compiled = _forward(torch.compile(model, backend="aot_eager"), inputs)
+    finally:
+        torch._dynamo.reset()
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
 def test_wan_only_self_attention_is_ours():
     model = tiny_wan(image_dim=12, added_kv_proj_dim=32)  # an I2V-style model: image tokens in cross-attention
     before = dict(model.attn_processors)

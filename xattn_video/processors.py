@@ -35,7 +35,7 @@ import torch
 from .config import XAttentionConfig
 from .parallel import UlyssesGroup, context_parallel_config
 from .runtime import MaskSource, XAttentionRuntime
-from .runtime.traced import attend, runtime_key
+from .runtime.traced import attend, layer_index, runtime_key
 
 
 class XAttentionProcessor:
@@ -75,6 +75,15 @@ class XAttentionProcessor:
         self._ulysses: tuple[Any, UlyssesGroup | None] = (None, None)
 
     @property
+    def layer(self) -> int | None:
+        return self._layer
+
+    @layer.setter
+    def layer(self, value: int | None) -> None:
+        self._layer = value
+        self._layer_t = None if value is None else layer_index(value)  # what a compiled graph reads
+
+    @property
     def config(self) -> XAttentionConfig:
         return self.runtime.config
 
@@ -89,7 +98,6 @@ class XAttentionProcessor:
     ) -> Any:
         if image_rotary_emb is None and encoder_hidden_states is None:
             return self._standard(attn, hidden_states, attention_mask=attention_mask, **kwargs)
-        layer = self._layer_of(attn)
         joint = attn.add_q_proj is None and encoder_hidden_states is not None  # single-stream block
         n_text = encoder_hidden_states.shape[1] if encoder_hidden_states is not None else 0
         if joint:
@@ -117,6 +125,7 @@ class XAttentionProcessor:
                     f"{n_video + n_text} tokens: the sequence is sharded (context parallelism?) but this processor "
                     "has no parallel config; apply XAttention with apply_xattention after enable_context_parallel")
             q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [B, H, N, D]
+            layer = self._layer_t if self._layer_t is not None else layer_index(self._layer_of(attn))
             out = attend(self.runtime, self._key, q, k, v, layer=layer, mask=attention_mask,
                          global_start=n_video if n_text else None)
             out = out.transpose(1, 2)
@@ -125,7 +134,7 @@ class XAttentionProcessor:
             if attention_mask is not None:
                 attention_mask = ulysses.gather_key_mask(attention_mask, n_video, (n_video + n_text) * degree)
             q, k, v = ulysses.scatter_heads(query, key, value, n_video)
-            out = self.runtime.attend(q, k, v, layer=layer, mask=attention_mask,
+            out = self.runtime.attend(q, k, v, layer=self._layer_of(attn), mask=attention_mask,
                                       global_start=n_video * degree if n_text else None, shard=ulysses)
             out = ulysses.gather_heads(out, n_video)
         out = out.flatten(2, 3).to(query.dtype)
@@ -148,8 +157,8 @@ class XAttentionProcessor:
         return self._ulysses[1]
 
     def _layer_of(self, attn: Any) -> int:
-        if self.layer is not None:
-            return self.layer
+        if self._layer is not None:
+            return self._layer
         index = self._order.setdefault(id(attn), len(self._order))  # one shared instance: first-call order
         if self.name is not None:
             self.runtime.layer_names.setdefault(index, self.name)

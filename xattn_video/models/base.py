@@ -12,11 +12,13 @@ import importlib
 from typing import Any
 
 from ..runtime import XAttentionRuntime
+from ..runtime.traced import attend, layer_index, runtime_key
 
 
 class AdapterProcessor:
     """The runtime and layer of one attention module, diffusers' own processor for the calls that are not the
-    sparse attention (made on first use), and the refusal of diffusers' context parallelism.
+    sparse attention (made on first use), the refusal of diffusers' context parallelism, and ``attend``: the
+    runtime's attention, through one custom op under torch.compile.
 
     Args:
         runtime: shared by all layers of the model.
@@ -33,6 +35,8 @@ class AdapterProcessor:
         self.layer = layer
         self.name = name
         self._stock: Any = None
+        # torch.compile calls the runtime through a custom op, the layer as a tensor (runtime/traced.py)
+        self._key, self._layer_t = runtime_key(runtime), layer_index(layer)
 
     def _stock_processor(self) -> Any:
         if self._stock is None:
@@ -45,3 +49,7 @@ class AdapterProcessor:
             raise NotImplementedError("XAttention does not support diffusers' context parallelism for this model "
                                       "(each device would see a shard of the video tokens); remove_xattention first, "
                                       "or run on one device")
+
+    def attend(self, q: Any, k: Any, v: Any, mask: Any, global_start: int | None) -> Any:
+        """``runtime.attend`` for this layer (``[B, H, N, D]``); one graph-break-free op under torch.compile."""
+        return attend(self.runtime, self._key, q, k, v, layer=self._layer_t, mask=mask, global_start=global_start)

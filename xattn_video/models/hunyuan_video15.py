@@ -95,7 +95,7 @@ class HunyuanVideo15XAttentionProcessor(AdapterProcessor):
         b, n_video, n_text = hidden_states.shape[0], hidden_states.shape[1], encoder_hidden_states.shape[1]
         key_mask = self._memo.key_mask(attention_mask, b, n_video, n_text, query.device)
         q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [B, H, N, D]
-        out = self.runtime.attend(q, k, v, layer=self.layer, mask=key_mask, global_start=n_video)
+        out = self.attend(q, k, v, key_mask, n_video)
         # padded text queries attend to nothing in the stock processor: zeros
         out = out.masked_fill(~key_mask.transpose(2, 3), 0.0)
         out = out.transpose(1, 2).flatten(2, 3).to(query.dtype)

@@ -58,7 +58,7 @@ class WanXAttentionProcessor(AdapterProcessor):
             query, key = wan_rope(query, *rotary_emb), wan_rope(key, *rotary_emb)
 
         q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [B, H, N, D]
-        out = self.runtime.attend(q, k, v, layer=self.layer, mask=attention_mask, global_start=None)
+        out = self.attend(q, k, v, attention_mask, None)
         out = out.transpose(1, 2).flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 

@@ -6,12 +6,14 @@
 ``torch.ops.xattn_video.attend`` instead: a custom op whose output is ``q``-shaped and whose body is exactly
 the eager call (same decisions, same record, same kernels), so the compiled graph runs around it without a
 break. Eager calls (no compile) go straight to ``runtime.attend``. Runtimes are found by a small integer key
-(``runtime_key``) kept in a weak table; inference only (the op has no backward).
+(``runtime_key``) kept in a weak table; inference only (the op has no backward). The layer index travels as a
+0-d tensor (``layer_index``): an integer attribute would be a constant of the graph, and regional compilation
+(``transformer.compile_repeated_blocks()``) would recompile every block and give up after 8.
 
 Example::
 
-    key = runtime_key(runtime)                      # once, outside the compiled region
-    out = attend(runtime, key, q, k, v, layer=3, mask=padding_mask, global_start=n_video)
+    key, layer = runtime_key(runtime), layer_index(3)   # once, outside the compiled region
+    out = attend(runtime, key, q, k, v, layer=layer, mask=padding_mask, global_start=n_video)
 """
 
 from __future__ import annotations
@@ -36,13 +38,19 @@ def runtime_key(runtime) -> int:
     return key
 
 
+def layer_index(layer: int) -> torch.Tensor:
+    """``layer`` as the 0-d CPU tensor ``attend`` takes: a graph input under torch.compile, not a constant, so
+    that repeated blocks share one compiled graph."""
+    return torch.tensor(int(layer), dtype=torch.int64)
+
+
 @torch.library.custom_op("xattn_video::attend", mutates_args=())
 def _attend_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, runtime: int,
-               layer: int, global_start: int) -> torch.Tensor:
+               layer: torch.Tensor, global_start: int) -> torch.Tensor:
     rt = _RUNTIMES.get(runtime)
     if rt is None:
         raise RuntimeError(f"xattn_video::attend: runtime key {runtime} names no live runtime")
-    out = rt.attend(q, k, v, layer=layer, mask=mask, global_start=None if global_start < 0 else global_start)
+    out = rt.attend(q, k, v, layer=int(layer), mask=mask, global_start=None if global_start < 0 else global_start)
     # one fixed layout, the fake's: [B, H, N, D] stored as [B, N, H, D] (what the adapters flatten next, for free;
     # what SDPA's fused kernels return already). Never one of the inputs (a custom op may not alias them).
     if out.transpose(1, 2).is_contiguous() and not (out is q or out is k or out is v):
@@ -56,10 +64,10 @@ def _attend_fake(q, k, v, mask, runtime, layer, global_start):
     return q.new_empty((b, n, h, d)).transpose(1, 2)
 
 
-def attend(runtime, key: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layer: int,
+def attend(runtime, key: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layer: torch.Tensor,
            mask: torch.Tensor | None = None, global_start: int | None = None) -> torch.Tensor:
     """``runtime.attend(q, k, v, layer=..., mask=..., global_start=...)``; through the custom op while
-    ``torch.compile`` traces (``key = runtime_key(runtime)``)."""
+    ``torch.compile`` traces (``key = runtime_key(runtime)``, ``layer = layer_index(i)``)."""
     if torch.compiler.is_compiling():
         return torch.ops.xattn_video.attend(q, k, v, mask, key, layer, -1 if global_start is None else global_start)
-    return runtime.attend(q, k, v, layer=layer, mask=mask, global_start=global_start)
+    return runtime.attend(q, k, v, layer=int(layer), mask=mask, global_start=global_start)
