@@ -69,6 +69,7 @@ def main() -> None:
     p.add_argument("--density", type=float, default=0.3, help="the sparse row's max_density (tau = 0.9)")
     p.add_argument("--text", type=int, default=256)
     p.add_argument("--valid-text", type=int, default=180)
+    p.add_argument("--rows", default="dense,sparse", help="which rows: dense, sparse (comma-separated)")
     p.add_argument("--out", default="parallel.json")
     args = p.parse_args()
 
@@ -83,6 +84,8 @@ def main() -> None:
     op = dict(block_size=64, stride=8, backend="reference") if args.tiny else {}
     rows = {"dense": XAttentionConfig(threshold=1.0, warmup_steps=0, **op),
             f"density {args.density}": XAttentionConfig(threshold=0.9, max_density=args.density, warmup_steps=0, **op)}
+    wanted = args.rows.split(",")
+    rows = {name: cfg for (name, cfg), key in zip(rows.items(), ("dense", "sparse")) if key in wanted}
 
     t_build = time.perf_counter()
     model = build_model(device, dtype, args.tiny)
