@@ -12,9 +12,9 @@ block-sparse kernel; only the block masks differ:
   criterion on 64 sampled queries), Radial attention's energy-decay mask, and random blocks (the floor);
 - each with 0 / 10% / 20% of the steps dense;
 - the quality levers (at the first warmup only), each at density 0.3 and 0.15: the 3D-tile token order, the
-  sink-aware estimate, the cap over each head's rows together (``cap_scope="head"``), per-head thresholds
-  calibrated on *training* captions for that density (``xattn_video.calibrate``; by kept mass and by output
-  error), alone and with the sink-aware estimate, and mask reuse for 2 / 3 / 4 steps.
+  sink-aware estimate, per-head thresholds calibrated on *training* captions for that density
+  (``xattn_video.calibrate``; by kept mass and by output error), alone and with the sink-aware estimate, and
+  mask reuse for 2 / 3 / 4 steps.
 
 Per run: PSNR and SSIM of every video against its dense reference (mean over videos), the caption-following
 rate, the density after warmup, the attention time per step (CUDA events around each attention call, the
@@ -102,16 +102,15 @@ def build_methods(layout: VideoLayout, block: int, text: int, valid_text: int, t
 
 
 LEVERS = {"": {}, " +tile": {"token_order": "tile"}, " +sink": {"sink_aware": True},
-          " +tile+sink": {"token_order": "tile", "sink_aware": True}, " per head": {"cap_scope": "head"},
-          " per head +sink": {"cap_scope": "head", "sink_aware": True}}
+          " +tile+sink": {"token_order": "tile", "sink_aware": True}}
 
 
 def build_lever_methods(pipe: Any, captions: list[str], size: dict, steps: int, warmup: int, block: int,
                         stride: int, out: Path, toy: bool, profiles: Path | None = None) -> list[Method]:
-    """The quality levers at each density: tile order, sink-aware scores and the head-wide cap on the capped
-    estimate; per-head thresholds calibrated for the density (profiled on training captions, dense, at this
-    size, or read from ``profiles``: an earlier run's folder) alone and with the sink-aware estimate; mask
-    reuse. Writes each calibrated config and profile to ``out``."""
+    """The quality levers at each density: tile order and sink-aware scores on the capped estimate; per-head
+    thresholds calibrated for the density (profiled on training captions, dense, at this size, or read from
+    ``profiles``: an earlier run's folder) alone and with the sink-aware estimate; mask reuse. Writes each
+    calibrated config and profile to ``out``."""
     from xattn_video.calibrate import ThresholdProfile, ThresholdProfiler, choose_thresholds, summarise
 
     methods: list[Method] = []
@@ -284,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                                      round(warmups[0] * steps), block, 8 if args.toy else 16, out, args.toy,
                                      args.profiles)
         if args.toy:  # one of each kind
-            levers = [m for m in levers if m.name.endswith(("cap=0.3 +tile", "cap=0.3 per head", "@0.3", "reuse=2"))]
+            levers = [m for m in levers if m.name.endswith(("cap=0.3 +tile", "@0.3", "reuse=2"))]
         methods += levers
     for w in warmups:
         for m in methods:

@@ -173,5 +173,4 @@ def xattention_mask(
         global_start=global_start if config.keep_text else None,
         backend=backend,
         sink_aware=config.sink_aware,
-        cap_scope=config.cap_scope,
     )

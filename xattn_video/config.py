@@ -35,7 +35,6 @@ BACKENDS = ("auto", "triton", "reference")
 UNKNOWN_STEP_POLICIES = ("dense", "sparse", "error")
 FALLBACK_POLICIES = ("dense", "error")
 TOKEN_ORDERS = ("raster", "tile")
-CAP_SCOPES = ("row", "head")
 
 
 def _check_tau(value: Any, where: str) -> float:
@@ -63,9 +62,6 @@ class OpConfig:
         keep_text: text (global) tokens: their keys are always kept and their queries attend densely.
         keep_diagonal: always keep the diagonal block of each query-block row.
         max_density: optional cap in (0, 1] on the fraction of key blocks kept per query-block row.
-        cap_scope: where ``max_density`` applies: "row" (each query-block row, the paper's) or "head" (each
-            head's rows together: the blocks of highest estimated mass across the head's rows, so that rows
-            with concentrated attention leave their unused budget to broad rows; see ``cap_heads``).
         sink_aware: average the antidiagonal-mean estimate with a max-logit one, so that keys few queries
             attend to strongly (sinks) are not underrated (see ``strided_block_scores_reference``). Off by
             default until the GPU benchmark judges it.
@@ -91,7 +87,6 @@ class OpConfig:
     keep_text: bool = True
     keep_diagonal: bool = True
     max_density: float | None = None
-    cap_scope: str = "row"
     sink_aware: bool = False
     backend: str = "auto"
     allow_fallback: bool = False
@@ -114,8 +109,6 @@ class OpConfig:
             raise ValueError(
                 f"stride={self.stride} must be >= 1 and divide block_size={self.block_size} (e.g. 8 or 16 for 128)"
             )
-        if self.cap_scope not in CAP_SCOPES:
-            raise ValueError(f"cap_scope={self.cap_scope!r} is not one of {CAP_SCOPES}")
         if not isinstance(self.sink_aware, bool):
             raise ValueError(f"sink_aware={self.sink_aware!r} must be true or false")
         if self.backend not in BACKENDS:

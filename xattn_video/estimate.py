@@ -19,7 +19,6 @@ import torch
 from .backends import kernel
 from .block_mask import BlockSparseMask
 from .config import ceil_div
-from .kernels.reference import cap_heads
 
 
 def block_scores(
@@ -48,19 +47,13 @@ def select_blocks(
     max_density: float | None = None,
     global_start: int | None = None,
     backend: str = "reference",
-    cap_scope: str = "row",
 ) -> BlockSparseMask:
     """Per query-block row keep the fewest key blocks whose normalised score reaches ``threshold`` (see
-    ``reference.select_blocks_reference`` for the rules: ties, padding, diagonal, global tokens, budget);
-    ``cap_scope="head"`` applies ``max_density`` to each head's rows together (``reference.cap_heads``)."""
-    per_head = cap_scope == "head" and max_density is not None
-    mask = kernel("select", backend)(
+    ``reference.select_blocks_reference`` for the rules: ties, padding, diagonal, global tokens, budget)."""
+    return kernel("select", backend)(
         scores, threshold, block_size=block_size, q_len=q_len, kv_len=kv_len, keep_diagonal=keep_diagonal,
-        max_density=None if per_head else max_density, global_start=global_start,
+        max_density=max_density, global_start=global_start,
     )
-    if per_head:
-        mask = cap_heads(mask, scores, max_density, keep_diagonal=keep_diagonal, global_start=global_start)
-    return mask
 
 
 def estimate_mask(
@@ -76,7 +69,6 @@ def estimate_mask(
     global_start: int | None = None,
     backend: str = "reference",
     sink_aware: bool = False,
-    cap_scope: str = "row",
 ) -> BlockSparseMask:
     """Estimate block scores from q, k and select the mask in one call."""
     scores = block_scores(q, k, block_size, stride, kv_len, backend, sink_aware=sink_aware)
@@ -84,7 +76,7 @@ def estimate_mask(
         kv_len = torch.full((q.shape[0],), k.shape[2], dtype=torch.long, device=q.device)
     return select_blocks(
         scores, threshold, block_size=block_size, q_len=q.shape[2], kv_len=kv_len, keep_diagonal=keep_diagonal,
-        max_density=max_density, global_start=global_start, backend=backend, cap_scope=cap_scope,
+        max_density=max_density, global_start=global_start, backend=backend,
     )
 
 

@@ -134,95 +134,45 @@ def select_blocks_reference(
     if kv_len is None:
         kv_len = torch.full((b,), kb * block_size, dtype=torch.long, device=dev)
     kv_len = kv_len.to(device=dev, dtype=torch.long)
+    kv_start = torch.arange(kb, device=dev) * block_size
+    valid = (kv_start[None, :] < kv_len[:, None])[:, None, None, :]  # [B, 1, 1, KB]
     tau = torch.as_tensor(threshold, dtype=torch.float32).to(dev).reshape(-1)
     if tau.numel() not in (1, h):
         raise ValueError(f"threshold has {tau.numel()} values; expected 1 or one per head ({h})")
     tau = tau.reshape(1, -1, 1, 1)
 
-    valid, forced, dense_row, bad_row, p = _selection_rules(scores, block_size, q_len, kv_len, keep_diagonal,
-                                                            global_start)
-    sorted_s, order = torch.sort(p, dim=-1, descending=True, stable=True)
+    # a row holding a non-finite score (NaN / Inf in its queries or keys) cannot be ranked: it keeps every
+    # valid block, budget or not, so the fault reaches the output as in dense attention
+    bad_row = (~torch.isfinite(scores) & valid).any(-1)  # [B, H, QB]
+    s = torch.where(valid, scores.float().clamp_min(0.0), torch.zeros((), device=dev))
+    total = s.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    sorted_s, order = torch.sort(s / total, dim=-1, descending=True, stable=True)
     before = sorted_s.cumsum(-1) - sorted_s  # mass of the better-ranked blocks
     keep_sorted = (before < tau) | (tau >= 1.0)
     keep = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted) & valid
 
-    if max_density is not None:
-        budget = torch.ceil(max_density * valid.sum(-1, keepdim=True).float() - 1e-6).clamp_min(1)
-        # rank forced blocks first, then by score; keep the best `budget` of the kept ones
-        rank_key = torch.where(forced, torch.full_like(p, 2.0), p)
-        rank_key = torch.where(keep | forced, rank_key, torch.full_like(p, -1.0))
-        _, by_rank = torch.sort(rank_key, dim=-1, descending=True, stable=True)
-        within = torch.arange(kb, device=dev).expand_as(by_rank) < budget
-        keep = torch.zeros_like(keep).scatter_(-1, by_rank, within) & keep
-    keep = keep | forced | ((dense_row[None, None, :, None] | bad_row[..., None]) & valid)
-    return BlockSparseMask.from_dense(keep, block_size, q_len, kv_len)
-
-
-def _selection_rules(scores: torch.Tensor, block_size: int, q_len: int, kv_len: torch.Tensor, keep_diagonal: bool,
-                     global_start: int | None):
-    """What every selection obeys: ``valid`` key blocks ``[B, 1, 1, KB]``, ``forced`` blocks (diagonal, global
-    keys) ``[B, H, QB, KB]``, dense query rows (global queries) ``[QB]``, rows with a non-finite score
-    ``[B, H, QB]`` and the row-normalised scores ``p`` (0 on invalid blocks)."""
-    b, h, qb, kb = scores.shape
-    dev = scores.device
-    kv_start = torch.arange(kb, device=dev) * block_size
-    valid = (kv_start[None, :] < kv_len[:, None])[:, None, None, :]
-    # a row holding a non-finite score (NaN / Inf in its queries or keys) cannot be ranked: it keeps every
-    # valid block, budget or not, so the fault reaches the output as in dense attention
-    bad_row = (~torch.isfinite(scores) & valid).any(-1)
-    s = torch.where(valid, scores.float().clamp_min(0.0), torch.zeros((), device=dev))
-    p = s / s.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-    forced = torch.zeros(b, h, qb, kb, dtype=torch.bool, device=dev)
+    forced = torch.zeros_like(keep)
     q_block = torch.arange(qb, device=dev)
     if keep_diagonal:
-        forced |= (q_block[:, None] == torch.arange(kb, device=dev)[None, :])[None, None]
+        diag = q_block[:, None] == torch.arange(kb, device=dev)[None, :]
+        forced |= diag[None, None]
     dense_row = torch.zeros(qb, dtype=torch.bool, device=dev)
     if global_start is not None:  # blocks holding a valid global key; query blocks holding a global query
         holds_global = (kv_start + block_size > global_start)[None, :] & (global_start < kv_len)[:, None]
         forced |= holds_global[:, None, None, :]
         dense_row = ((q_block + 1) * block_size > global_start) & (global_start < q_len)
-    return valid, forced & valid, dense_row, bad_row, p
+    forced &= valid
 
-
-def cap_heads(
-    mask: BlockSparseMask,
-    scores: torch.Tensor,
-    max_density: float,
-    *,
-    keep_diagonal: bool = True,
-    global_start: int | None = None,
-) -> BlockSparseMask:
-    """``max_density`` over each head's rows together (``cap_scope="head"``), applied to an uncapped selection.
-
-    Of the blocks ``mask`` keeps in the rows a cap applies to (not global-query rows, not rows with a
-    non-finite score), each head keeps its forced blocks (diagonal, global keys), each row's best block, then
-    the blocks of highest row-normalised score across all its rows, up to ``ceil(max_density * valid
-    blocks)`` of those rows. A row whose attention is concentrated gives the budget it does not need to broad
-    rows: for the same number of blocks the head keeps at least as much estimated mass as a per-row cap.
-    Plain PyTorch, used after either backend's selection. Ties go to the lower (row, block) index.
-
-    Example::
-
-        mask = cap_heads(select_blocks_reference(scores, 0.95, block_size=128, q_len=n), scores, 0.15)
-    """
-    b, h, qb, kb = scores.shape
-    kv_len = mask.kv_len.to(scores.device)
-    valid, forced, dense_row, bad_row, p = _selection_rules(scores, mask.block_size, mask.q_len, kv_len,
-                                                            keep_diagonal, global_start)
-    keep = mask.to_dense().expand(b, h, qb, kb)
-    capped = (~(dense_row[None, None, :] | bad_row))[..., None] & valid  # [B, H, QB, KB]
-    ranked = torch.where(keep & capped, p, torch.full_like(p, -1.0))
-    best = torch.zeros_like(keep).scatter_(-1, ranked.argmax(-1, keepdim=True), True) & keep & capped
-    must = (forced | best) & keep & capped
-    budget = torch.ceil(max_density * capped.sum((-2, -1)).float() - 1e-6)  # [B, H]
-    free = (budget - must.sum((-2, -1))).clamp_min(0)
-    candidates = keep & capped & ~must
-    key = torch.where(candidates, p, torch.full_like(p, -1.0)).reshape(b, h, qb * kb)
-    _, order = torch.sort(key, dim=-1, descending=True, stable=True)
-    chosen_sorted = torch.arange(qb * kb, device=p.device) < free[..., None]
-    chosen = torch.zeros_like(chosen_sorted).scatter_(-1, order, chosen_sorted).reshape(b, h, qb, kb)
-    out = (keep & ~capped) | must | (chosen & candidates)
-    return BlockSparseMask.from_dense(out, mask.block_size, mask.q_len, kv_len)
+    if max_density is not None:
+        budget = torch.ceil(max_density * valid.sum(-1, keepdim=True).float() - 1e-6).clamp_min(1)
+        # rank forced blocks first, then by score; keep the best `budget` of the kept ones
+        rank_key = torch.where(forced, torch.full_like(s, 2.0), s / total)
+        rank_key = torch.where(keep | forced, rank_key, torch.full_like(s, -1.0))
+        _, by_rank = torch.sort(rank_key, dim=-1, descending=True, stable=True)
+        within = torch.arange(kb, device=dev).expand_as(by_rank) < budget
+        keep = torch.zeros_like(keep).scatter_(-1, by_rank, within) & keep
+    keep = keep | forced | ((dense_row[None, None, :, None] | bad_row[..., None]) & valid)
+    return BlockSparseMask.from_dense(keep, block_size, q_len, kv_len)
 
 
 def block_sparse_attention_reference(

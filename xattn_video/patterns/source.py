@@ -136,7 +136,6 @@ class ScoredSource:
             keep_diagonal=cfg.keep_diagonal,
             max_density=cfg.max_density,
             global_start=request.global_start if cfg.keep_text else None,
-            cap_scope=cfg.cap_scope,
         )
 
 
