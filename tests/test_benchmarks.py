@@ -17,11 +17,12 @@ def test_bench_transformer_tiny_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     labels = [r["row"] for r in result["rows"]]
-    assert labels[:2] == ["stock", "ours tau=1 (dense)"] and len(labels) == 11
+    assert labels[:2] == ["stock", "ours tau=1 (dense)"] and len(labels) == 12
     rows = {r["row"]: r for r in result["rows"]}
     capped = rows["xattn max_density=0.3"]["density"]  # above 0.3 at tiny size: forced text and diagonal blocks
     assert capped < 1 and rows["xattn max_density=0.3, per-head table"]["density"] <= capped + 1e-6
     assert rows["xattn max_density=0.3, tile"]["density"] < 1, "the lever rows ran sparse"
+    assert rows["xattn max_density=0.3, sink-aware"]["density"] < 1
     assert rows["xattn tau=0.9, dense_above=0.6"]["rel_l2_vs_stock"] < 1e-5, "the fallback ran dense"
     assert all(r["finite"] for r in result["rows"])
     assert result["rows"][1]["rel_l2_vs_stock"] < 1e-5, "dense path equals stock on the CPU"
@@ -107,6 +108,17 @@ def test_bench_quality_toy_smoke(tmp_path):
     assert abs(random_row["density"] - 0.3) < 0.05, "the random floor is sized to its target"
     assert (tmp_path / "quality_pareto.png").stat().st_size > 0
     assert "| method |" in (tmp_path / "quality.md").read_text()
+    # the levers alone, calibrated from the profile just saved (no profiling run): the same calibrated rows
+    again = tmp_path / "again"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_quality.py"), "--toy", "--levers-only",
+                           "--profiles", str(tmp_path), "--out", str(again)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((again / "quality.json").read_text())["rows"]
+    assert {r["family"] for r in rows} >= {"xattention cap", "xattention calibrated by error"}
+    assert not {"STA (3D window)", "random", "xattention"} & {r["family"] for r in rows}
+    first = {r["method"]: r["psnr"] for r in result["rows"]}
+    assert all(first[r["method"]] == r["psnr"] for r in rows if "calibrated" in r["method"])
 
 
 def test_bench_sink_tiny_smoke(tmp_path):

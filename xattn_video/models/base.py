@@ -35,8 +35,15 @@ class AdapterProcessor:
         self.layer = layer
         self.name = name
         self._stock: Any = None
-        # torch.compile calls the runtime through a custom op, the layer as a tensor (runtime/traced.py)
-        self._key, self._layer_t = runtime_key(runtime), layer_index(layer)
+        self._key = runtime_key(runtime)  # torch.compile calls the runtime through a custom op (runtime/traced.py)
+
+    @property
+    def layer(self) -> int:
+        return self._layer
+
+    @layer.setter
+    def layer(self, value: int) -> None:
+        self._layer, self._layer_t = value, layer_index(value)  # the tensor is what a compiled graph reads
 
     def _stock_processor(self) -> Any:
         if self._stock is None:
