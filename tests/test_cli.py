@@ -72,7 +72,7 @@ def test_bad_arguments_one_line_exit_2(args, message, capsys, tmp_path):
 
 
 def test_incomplete_model_folder(tmp_path, capsys):
-    (tmp_path / "model_index.json").write_text("{}")
+    (tmp_path / "model_index.json").write_text('{"_class_name": "HunyuanVideoPipeline"}')
     (tmp_path / "transformer").mkdir()
     assert main(["generate", "--prompt", "x", "--model", str(tmp_path)]) == 2
     assert "is incomplete: missing vae" in capsys.readouterr().err

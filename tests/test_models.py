@@ -278,13 +278,15 @@ def test_presets_load_and_say_uncalibrated(name):
     assert "UNCALIBRATED" in (PRESET_DIR / f"{name}.yaml").read_text()
 
 
-@pytest.mark.parametrize("cls, family", [("WanPipeline", "Wan 2.1 / 2.2"), ("HunyuanVideo15Pipeline", "HunyuanVideo 1.5"),
+@pytest.mark.parametrize("cls, family", [("WanImageToVideoPipeline", "Wan 2.1 / 2.2 image-to-video"),
+                                         ("HunyuanVideo15ImageToVideoPipeline", "HunyuanVideo 1.5 image-to-video"),
                                          ("FluxPipeline", None)])
 def test_loader_names_a_folder_it_cannot_run(tmp_path, cls, family):
     from xattn_video.pipelines.hunyuan_video import load_pipeline
 
     (tmp_path / "model_index.json").write_text(f'{{"_class_name": "{cls}"}}')
-    expected = f"holds a {cls} \\({family}\\).*apply_xattention" if family else f"holds a {cls}; accepted: a HunyuanVideoPipeline"
+    expected = (f"holds a {cls} \\({family}, which needs an image\\).*apply_xattention" if family else
+                f"holds a {cls}; accepted: HunyuanVideoPipeline \\(HunyuanVideo\\), WanPipeline")
     with pytest.raises(ValueError, match=expected):
         load_pipeline(tmp_path, device="cpu")
 

@@ -5,6 +5,7 @@ Examples::
     xattn-video generate --prompt "a red circle moving right" --out out/   # embedded proxy model, CPU is fine
     xattn-video compare --prompt "a red fox" --model /models/HunyuanVideo --config hunyuan_720p_fast \\
         --frames 129 --height 720 --width 1280 --steps 50 --out out/fox
+    xattn-video generate --prompt "a red fox" --model /models/Wan2.1-T2V-14B-Diffusers --out out/wan  # wan_720p
     xattn-video report out/fox                                          # re-render report.md and plots
     xattn-video calibrate --model /models/HunyuanVideo --prompt "a red fox" --prompt "a city at night" \\
         --frames 129 --height 720 --width 1280 --steps 50 --query-blocks 32 --out fox_calibrated.yaml
@@ -51,9 +52,11 @@ def _positive(name: str, minimum: int = 1):
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help=f"YAML file or preset ({', '.join(preset_names())}); "
                                     "default: proxy_cpu for the proxy, tiny_cpu for tiny, "
-                                    "hunyuan_720p_quality for a HunyuanVideo folder")
-    p.add_argument("--model", help="local diffusers HunyuanVideo folder, 'proxy' (the default: a small model "
-                                   "trained here on procedural video) or 'tiny' (random weights)")
+                                    "hunyuan_720p_quality for a HunyuanVideo folder, wan_720p for Wan, "
+                                    "hunyuan15_720p for HunyuanVideo 1.5")
+    p.add_argument("--model", help="local diffusers folder of a HunyuanVideoPipeline, WanPipeline (Wan 2.1, 2.2) "
+                                   "or HunyuanVideo15Pipeline; 'proxy' (the default: a small model trained here "
+                                   "on procedural video) or 'tiny' (random weights)")
     p.add_argument("--steps", type=_positive("--steps"), help="denoising steps")
     p.add_argument("--frames", type=_positive("--frames"), help="frames, 4k+1 (1, 5, ..., 129)")
     p.add_argument("--height", type=_positive("--height", 16), help="pixels, a multiple of 16")
@@ -145,11 +148,19 @@ def _dist_initialized() -> bool:
 
 def _load(args: argparse.Namespace) -> tuple[Any, int]:
     """The pipeline, with Ulysses context parallelism over the ranks when run under torchrun; and the rank."""
-    from .pipelines.hunyuan_video import load_pipeline
+    from .pipelines.hunyuan_video import load_pipeline, model_kind
 
     rank, world, device = 0, 1, args.device
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from .context_parallel import init_from_torchrun
+
+        if model_kind(args.model) == "folder":
+            from .pipelines.folders import folder_kind
+
+            name = folder_kind(args.model).class_name
+            if name != "HunyuanVideoPipeline":
+                raise ValueError("torchrun (Ulysses context parallelism) runs HunyuanVideoPipeline folders only; "
+                                 f"this folder holds a {name}: run it as one process")
 
         joined = not _dist_initialized()
         rank, world, device = init_from_torchrun(args.device)
@@ -221,12 +232,12 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .calibrate import choose_thresholds, profile_thresholds, summarise
     from .pipelines.hunyuan_video import load_pipeline, model_kind
 
-    config, sizes = _settings(args)
     prompts = args.prompt
+    if not prompts and model_kind(args.model) != "proxy":  # a usage error, before the folder is looked at
+        raise ValueError("--prompt is required for this model: give 2-4 prompts like the ones you will "
+                         "generate (repeat --prompt)")
+    config, sizes = _settings(args)
     if not prompts:
-        if model_kind(args.model) != "proxy":
-            raise ValueError("--prompt is required for this model: give 2-4 prompts like the ones you will "
-                             "generate (repeat --prompt)")
         from .proxy.data import caption_split
 
         seen = caption_split()[0]

@@ -1,33 +1,36 @@
-"""HunyuanVideo with XAttention: load a pipeline, generate with timings, compare dense vs sparse.
+"""Text-to-video with XAttention: load a pipeline (the embedded HunyuanVideo proxy and tiny models, or a local
+diffusers HunyuanVideo, Wan 2.1 / 2.2 or HunyuanVideo 1.5 folder: ``folders``), generate with timings, compare
+dense vs sparse.
 
 Example::
 
     from xattn_video.config import load_config
     from xattn_video.pipelines.hunyuan_video import compare, load_pipeline
-    pipe = load_pipeline()                       # the embedded tiny model; or load_pipeline("/models/hunyuan")
+    pipe = load_pipeline()                       # the embedded proxy model; or load_pipeline("/models/Wan2.1")
     result = compare(pipe, "a red fox in the snow", load_config("tiny_cpu"), out_dir="out/compare")
     print(result.report["timing"]["speedup_end_to_end"], result.report["fidelity"]["psnr"]["mean"])
 """
 
 from __future__ import annotations
 
+import inspect
 import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from ..config import XAttentionConfig
 from ..hooks import AttentionClock, register_xattention_hook, timing_hooks, xattention_hook
-from ..processors import _transformer_of, apply_xattention, block_attention_names, remove_xattention
+from ..processors import (_transformer_of, _transformers_of, apply_xattention, block_attention_names,
+                          remove_xattention)
 from ..report.schema import CompareReport, DensityReport, RunTiming, TimingComparison
 from ..runtime import RunRecord
+from .folders import FOLDER_KINDS, folder_kind, load_folder, video_size_multiples
 from .tiny import TINY_DEFAULTS, tiny_call_kwargs, tiny_pipeline
-
-REQUIRED_SUBFOLDERS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 
 
 def default_device() -> torch.device:
@@ -35,22 +38,27 @@ def default_device() -> torch.device:
 
 
 EMBEDDED_PROXY = Path(__file__).resolve().parents[1] / "proxy" / "checkpoint"
-HUNYUAN_DEFAULTS = {"num_frames": 129, "height": 720, "width": 1280, "num_inference_steps": 50}
 BUILTIN_MODELS = ("proxy", "tiny")
 
 
 def model_kind(model: str | Path | None) -> str:
     """``"proxy"`` (the embedded trained proxy, or a folder saved by ``xattn_video.proxy``), ``"tiny"`` (the
-    random-weight test model) or ``"hunyuan"`` (a local diffusers HunyuanVideo folder)."""
+    random-weight test model) or ``"folder"`` (a local diffusers folder, see ``xattn_video.pipelines.folders``)."""
     if model is None or str(model) in BUILTIN_MODELS:
         return "proxy" if model is None else str(model)
     from ..proxy.model import is_proxy_folder
 
-    return "proxy" if is_proxy_folder(model) else "hunyuan"
+    return "proxy" if is_proxy_folder(model) else "folder"
 
 
 def model_defaults(model: str | Path | None) -> tuple[str, dict[str, int]]:
-    """(config preset, video size and steps) that suit ``model`` when the user names none."""
+    """(config preset, video size and steps) that suit ``model`` when the user names none. A diffusers folder is
+    checked first (``folders.folder_kind``: a missing, incomplete or unaccepted folder raises).
+
+    Example::
+
+        model_defaults("/models/Wan2.1-T2V-14B-Diffusers")   # ('wan_720p', {'num_frames': 81, 'height': 720, ...})
+    """
     kind = model_kind(model)
     if kind == "tiny":
         return "tiny_cpu", dict(TINY_DEFAULTS)
@@ -58,21 +66,23 @@ def model_defaults(model: str | Path | None) -> tuple[str, dict[str, int]]:
         from ..proxy.model import read_info
 
         return "proxy_cpu", dict(read_info(EMBEDDED_PROXY if model in (None, "proxy") else model).defaults)
-    return "hunyuan_720p_quality", dict(HUNYUAN_DEFAULTS)
+    folder = folder_kind(model)
+    return folder.preset, dict(folder.defaults)
 
 
 def load_pipeline(model: str | Path | None = None, device: str | torch.device | None = None,
                   dtype: torch.dtype | None = None) -> Any:
-    """A HunyuanVideo pipeline. ``None`` or ``"proxy"``: the embedded proxy, a small HunyuanVideo transformer
+    """A text-to-video pipeline. ``None`` or ``"proxy"``: the embedded proxy, a small HunyuanVideo transformer
     trained here on procedural video (its videos follow captions like "a red circle moving right"); ``"tiny"``:
-    a random-weight model for tests; a folder: a proxy folder, or real weights in a local diffusers folder
-    (``model_index.json`` plus the seven component subfolders). Nothing is downloaded. Float32 on a CPU,
-    bfloat16 on a GPU, unless ``dtype`` says otherwise.
+    a random-weight HunyuanVideo model for tests; a folder: a proxy folder, or real weights in a local diffusers
+    folder of a ``HunyuanVideoPipeline``, ``WanPipeline`` (Wan 2.1, 2.2) or ``HunyuanVideo15Pipeline``, the class
+    read from its ``model_index.json`` (``xattn_video.pipelines.folders``). Nothing is downloaded. Float32 on a
+    CPU, bfloat16 on a GPU, unless ``dtype`` says otherwise.
 
     Example::
 
         pipe = load_pipeline()                                # the embedded proxy
-        pipe = load_pipeline("/models/HunyuanVideo", device="cuda")
+        pipe = load_pipeline("/models/Wan2.1-T2V-14B-Diffusers", device="cuda")     # a WanPipeline
     """
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -83,70 +93,68 @@ def load_pipeline(model: str | Path | None = None, device: str | torch.device | 
         from ..proxy.model import load_proxy
 
         return load_proxy(EMBEDDED_PROXY if model in (None, "proxy") else model, device=device, dtype=dtype)
-    path = Path(model)
-    if not path.is_dir():
-        raise FileNotFoundError(f"model folder {str(path)!r} does not exist (give a local diffusers HunyuanVideo "
-                                "folder, or omit --model for the embedded proxy model)")
-    check_pipeline_class(path)
-    missing = [p for p in ("model_index.json", *REQUIRED_SUBFOLDERS) if not (path / p).exists()]
-    if missing:
-        raise ValueError(f"model folder {str(path)!r} is incomplete: missing {', '.join(missing)} "
-                         "(expected a diffusers HunyuanVideo folder)")
-    from diffusers import HunyuanVideoPipeline
-
-    pipe = HunyuanVideoPipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
-    pipe.vae.enable_tiling()
-    pipe.to(device)
-    pipe.xattn_model_name = str(path)
-    return pipe
-
-
-# pipelines whose transformers XAttention supports (apply_xattention), but that load_pipeline does not run yet
-PYTHON_API_ONLY = {"WanPipeline": "Wan 2.1 / 2.2", "WanImageToVideoPipeline": "Wan 2.1 / 2.2",
-                   "HunyuanVideo15Pipeline": "HunyuanVideo 1.5", "HunyuanVideo15ImageToVideoPipeline": "HunyuanVideo 1.5"}
-
-
-def check_pipeline_class(path: Path) -> None:
-    """Raise ``ValueError`` when the folder's ``model_index.json`` names a pipeline other than
-    ``HunyuanVideoPipeline`` (a folder without one is left to the completeness check)."""
-    import json
-
-    index = path / "model_index.json"
-    try:
-        name = json.loads(index.read_text()).get("_class_name") if index.is_file() else None
-    except (OSError, ValueError, AttributeError):
-        name = None
-    if name is None or name == "HunyuanVideoPipeline":
-        return
-    if name in PYTHON_API_ONLY:
-        raise ValueError(f"model folder {str(path)!r} holds a {name} ({PYTHON_API_ONLY[name]}): this loader (CLI, "
-                         "ComfyUI pipeline nodes) runs HunyuanVideo folders only; load it with diffusers and call "
-                         "xattn_video.apply_xattention(pipe, config) (see the README)")
-    raise ValueError(f"model folder {str(path)!r} holds a {name}; accepted: a HunyuanVideoPipeline folder")
+    return load_folder(model, device=device, dtype=dtype)
 
 
 def check_video_size(num_frames: int, height: int, width: int,
-                     names: tuple[str, str, str] = ("num_frames", "height", "width")) -> None:
-    """Raise ``ValueError`` naming the bad value unless the size fits HunyuanVideo: the VAE packs 4 frames and
-    8x8 pixels, the transformer patchifies by 2. ``names`` are how the caller's user spells the three."""
-    if num_frames < 1 or (num_frames - 1) % 4:
-        raise ValueError(f"{names[0]}={num_frames} must be 4k+1 (1, 5, 9, ..., 129): the VAE packs 4 frames")
+                     names: tuple[str, str, str] = ("num_frames", "height", "width"),
+                     multiples: tuple[int, int] = (4, 16)) -> None:
+    """Raise ``ValueError`` naming the bad value unless ``num_frames`` is ``t·k + 1`` and ``height`` and ``width``
+    are multiples of ``s``, for ``multiples = (t, s)``: by default (4, 16), which fits every model the loader runs
+    (the VAE packs 4 frames and 8x8 pixels, the transformer patchifies by 2; HunyuanVideo 1.5: 16x16 pixels,
+    patch 1); a loaded pipeline's own with ``folders.video_size_multiples(pipe)``. ``names`` are how the caller's
+    user spells the three.
+
+    Example::
+
+        check_video_size(6, 720, 1280, names=("--frames", "--height", "--width"))   # ValueError: --frames=6 ...
+    """
+    step, multiple = multiples
+    if num_frames < 1 or (num_frames - 1) % step:
+        raise ValueError(f"{names[0]}={num_frames} must be {step}k+1 "
+                         f"({', '.join(str(step * k + 1) for k in range(3))}, ...): the VAE packs {step} frames")
     for name, value in zip(names[1:], (height, width)):
-        if value < 16 or value % 16:
-            raise ValueError(f"{name}={value} must be a multiple of 16, at least 16 (VAE 8x, patch 2x)")
+        if value < multiple or value % multiple:
+            raise ValueError(f"{name}={value} must be a multiple of {multiple}, at least {multiple} "
+                             "(the VAE's compression times the transformer's patch size)")
 
 
 def model_name(pipe: Any) -> str:
+    """How reports name the model: ``"proxy"``, ``"tiny"``, ``"<folder> (<pipeline class>)"`` for a folder."""
     return getattr(pipe, "xattn_model_name", type(pipe).__name__)
 
 
-def _call_kwargs(pipe: Any) -> dict:
-    """What a built-in model needs in every call (its prompt template and text length)."""
+def call_arguments(pipe: Any, prompt: str, *, num_frames: int, height: int, width: int, num_inference_steps: int,
+                   seed: int = 0, output_type: str = "np", guidance_scale: float | None = None) -> dict[str, Any]:
+    """The keyword arguments of one ``pipe(...)`` call; every pipeline the loader runs takes the prompt, video
+    size, steps, generator and output type. ``guidance_scale`` None keeps the pipeline's own default (Wan: 5.0
+    with classifier-free guidance against the empty negative prompt; HunyuanVideo: 6.0, embedded); a
+    ``HunyuanVideo15Pipeline`` takes none (its ``guider`` holds the guidance). The built-in models add their
+    prompt template and text length.
+
+    Raises:
+        ValueError: a size the pipeline cannot make (``check_video_size`` with its ``video_size_multiples``), or
+            a ``guidance_scale`` the pipeline does not take.
+
+    Example::
+
+        pipe(**call_arguments(pipe, "a red fox", num_frames=81, height=720, width=1280, num_inference_steps=50))
+    """
+    check_video_size(num_frames, height, width, multiples=video_size_multiples(pipe))
+    kwargs: dict[str, Any] = dict(prompt=prompt, num_frames=num_frames, height=height, width=width,
+                                  num_inference_steps=num_inference_steps, output_type=output_type,
+                                  generator=torch.Generator(device="cpu").manual_seed(seed))
+    if guidance_scale is not None:
+        if "guidance_scale" not in inspect.signature(pipe.__call__).parameters:
+            raise ValueError(f"{type(pipe).__name__} takes no guidance_scale (set its guider's instead)")
+        kwargs["guidance_scale"] = guidance_scale
     if getattr(pipe, "xattn_proxy_info", None) is not None:
         from ..proxy.model import proxy_call_kwargs
 
-        return proxy_call_kwargs(pipe)
-    return tiny_call_kwargs() if model_name(pipe) == "tiny" else {}
+        kwargs.update(proxy_call_kwargs(pipe))
+    elif model_name(pipe) == "tiny":
+        kwargs.update(tiny_call_kwargs())
+    return kwargs
 
 
 # -- timing ----------------------------------------------------------------------------------------------
@@ -165,8 +173,9 @@ class _Clock:
 
 @dataclass
 class _RunTimer:
-    """Per-step wall time (first transformer call of a step to the pipeline's step-end callback) and the time
-    inside the block attention modules (``hooks.AttentionClock``)."""
+    """Per-step wall time (first transformer call of a step to the end of the scheduler's ``step``, which every
+    pipeline calls once per denoising step) and the time inside the block attention modules
+    (``hooks.AttentionClock``)."""
 
     clock: _Clock
     attention: AttentionClock
@@ -182,13 +191,31 @@ class _RunTimer:
             if self.first_start is None:
                 self.first_start = self.step_start
 
-    def on_step_end(self, pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
+    def on_step_end(self) -> None:
         now = self.clock.now()
         self.step_s.append(now - (self.step_start if self.step_start is not None else now))
         self.attention_s.append(self.attention.take())
         self.step_start = None
         self.denoise_end = now
-        return callback_kwargs
+
+    def around_scheduler_step(self, scheduler: Any) -> Callable[[], None]:
+        """Call ``on_step_end`` after each ``scheduler.step`` (``HunyuanVideo15Pipeline`` has no step-end
+        callback); returns the function that takes the wrapper off."""
+        original, own = scheduler.step, vars(scheduler).get("step")
+
+        def step(*args: Any, **kwargs: Any) -> Any:
+            out = original(*args, **kwargs)
+            self.on_step_end()
+            return out
+
+        def remove() -> None:
+            if own is None:
+                del scheduler.step
+            else:
+                scheduler.step = own
+
+        scheduler.step = step
+        return remove
 
 
 @dataclass
@@ -210,28 +237,32 @@ class Generation:
 
 
 def timed_generate(pipe: Any, prompt: str, *, num_frames: int, height: int, width: int,
-                   num_inference_steps: int, seed: int = 0, guidance_scale: float = 6.0,
+                   num_inference_steps: int, seed: int = 0, guidance_scale: float | None = None,
                    progress: bool = True) -> Generation:
     """Generate one video and time each denoising step, the block attention modules and the VAE decode.
 
-    The timers are diffusers hooks (``"xattn_video_timing"``) on the transformer and its block attention
-    modules, removed afterwards; the attention processors are not touched."""
-    model = _transformer_of(pipe)
+    The call is ``call_arguments`` (``guidance_scale`` None: the pipeline's default). The timers are diffusers
+    hooks (``"xattn_video_timing"``) on the transformers (Wan 2.2: both experts) and their block attention
+    modules, and a wrapper around the scheduler's ``step``, all removed afterwards; the attention processors are
+    not touched."""
+    kwargs = call_arguments(pipe, prompt, num_frames=num_frames, height=height, width=width,
+                            num_inference_steps=num_inference_steps, seed=seed, guidance_scale=guidance_scale)
     device = torch.device(pipe._execution_device if hasattr(pipe, "_execution_device") else default_device())
     clock = _Clock(device)
     timer = _RunTimer(clock, AttentionClock(clock.cuda))
-    modules = [model.get_submodule(name) for name in block_attention_names(model)]
-    remove_timing = timing_hooks(model, modules, timer.on_transformer_call, timer.attention)
     pipe.set_progress_bar_config(disable=not progress)
+    removers = []
     try:
-        generator = torch.Generator(device="cpu").manual_seed(seed)
+        removers.append(timer.around_scheduler_step(pipe.scheduler))
+        for _, model in _transformers_of(pipe):
+            modules = [model.get_submodule(name) for name in block_attention_names(model)]
+            removers.append(timing_hooks(model, modules, timer.on_transformer_call, timer.attention))
         t0 = timer.clock.now()
-        out = pipe(prompt=prompt, num_frames=num_frames, height=height, width=width,
-                   num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=generator,
-                   output_type="np", callback_on_step_end=timer.on_step_end, **_call_kwargs(pipe))
+        out = pipe(**kwargs)
         t1 = timer.clock.now()
     finally:
-        remove_timing()
+        for remove in reversed(removers):
+            remove()
     video = np.asarray(out.frames[0], dtype=np.float32)
     denoise_start = timer.first_start if timer.first_start is not None else timer.denoise_end
     return Generation(video=video, total_s=t1 - t0, denoise_s=timer.denoise_end - denoise_start,
@@ -283,18 +314,19 @@ def compare(pipe: Any, prompt: str, config: XAttentionConfig, *, num_frames: int
     defaults = _pipe_defaults(pipe)
     sizes = {k: (v if v is not None else defaults[k]) for k, v in sizes.items()}
     model = _transformer_of(pipe)
-    applied = xattention_hook(model)
-    remove_xattention(model)
+    applied = [(m, xattention_hook(m)) for _, m in _transformers_of(pipe)]
+    remove_xattention(pipe)
     try:
         if warm_up:
             _warm_up(pipe, prompt, config, seed, sizes)
         dense = timed_generate(pipe, prompt, seed=seed, progress=progress, **sizes)
-        runtime = apply_xattention(model, config)
+        runtime = apply_xattention(pipe, config)
         sparse = timed_generate(pipe, prompt, seed=seed, progress=progress, **sizes)
     finally:
-        remove_xattention(model)
-        if applied is not None:
-            register_xattention_hook(model, applied)
+        remove_xattention(pipe)
+        for m, hook in applied:
+            if hook is not None:
+                register_xattention_hook(m, hook)
 
     files: dict[str, Path] = {}
     if out_dir is not None:  # the finished videos first: a failing metric loses no generation
@@ -329,21 +361,24 @@ def _pipe_defaults(pipe: Any) -> dict[str, int]:
     info = getattr(pipe, "xattn_proxy_info", None)
     if info is not None:
         return dict(info.defaults)
-    return dict(TINY_DEFAULTS) if model_name(pipe) == "tiny" else dict(HUNYUAN_DEFAULTS)
+    if model_name(pipe) == "tiny":
+        return dict(TINY_DEFAULTS)
+    if type(pipe).__name__ not in FOLDER_KINDS:
+        raise ValueError(f"no default video size for a {type(pipe).__name__}: give num_frames, height, width and "
+                         "num_inference_steps")
+    return dict(FOLDER_KINDS[type(pipe).__name__].defaults)
 
 
 def _warm_up(pipe: Any, prompt: str, config: XAttentionConfig, seed: int, sizes: dict) -> None:
     """One dense step with decode, then one sparse step without, untimed."""
-    model = _transformer_of(pipe)
     one_step = {**sizes, "num_inference_steps": 1}
     timed_generate(pipe, prompt, seed=seed, progress=False, **one_step)
-    apply_xattention(model, config.replace(warmup_steps=0))
+    apply_xattention(pipe, config.replace(warmup_steps=0))
     try:
         pipe.set_progress_bar_config(disable=True)
-        pipe(prompt=prompt, output_type="latent", generator=torch.Generator().manual_seed(seed), **one_step,
-             **_call_kwargs(pipe))
+        pipe(**call_arguments(pipe, prompt, seed=seed, output_type="latent", **one_step))
     finally:
-        remove_xattention(model)
+        remove_xattention(pipe)
 
 
 def _device_name(pipe: Any) -> str:

@@ -28,7 +28,7 @@ _HEADS, _HEAD_DIM = 2, 16
 _TEXT_DIM, _POOLED_DIM = 32, 16
 
 
-def _byte_tokenizer():
+def byte_tokenizer():
     """A byte-level BPE tokenizer with no merges: every UTF-8 byte is a token, plus special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -51,7 +51,7 @@ def tiny_components(seed: int = 0) -> dict:
     from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
     from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
 
-    tokenizer = _byte_tokenizer()
+    tokenizer = byte_tokenizer()
     vocab = len(tokenizer)
     torch.manual_seed(seed)
     transformer = HunyuanVideoTransformer3DModel(
@@ -86,7 +86,7 @@ def tiny_components(seed: int = 0) -> dict:
     return {
         "transformer": transformer, "vae": vae, "scheduler": scheduler,
         "text_encoder": text_encoder.eval(), "tokenizer": tokenizer,
-        "text_encoder_2": text_encoder_2.eval(), "tokenizer_2": _byte_tokenizer(),
+        "text_encoder_2": text_encoder_2.eval(), "tokenizer_2": byte_tokenizer(),
     }
 
 
