@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_transformer import kernel_breakdown, rel_l2, sync  # noqa: E402
+from bench_transformer import rel_l2, sync, time_forward  # noqa: E402
 
 from xattn_video import XAttentionConfig, apply_xattention, remove_xattention  # noqa: E402
 from xattn_video.attention import dense_attention, xattention  # noqa: E402
@@ -141,32 +141,6 @@ def warm_up_kernels(n: int, n_valid: int, heads: int, head_dim: int, n_video: in
     del q, k, v
 
 
-def time_forward(model, inputs, device, profile: bool = False) -> tuple[float, torch.Tensor, float | None, dict]:
-    """Forward ms, output, peak GiB and, with ``profile`` on a GPU, GPU time by kernel family (attention,
-    estimate + selection, the rest: where a step's time goes)."""
-    sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    profiling = profile and device.type == "cuda"
-    prof = None
-    if profiling:
-        from torch.profiler import ProfilerActivity, profile as torch_profile
-
-        prof = torch_profile(activities=[ProfilerActivity.CUDA])
-        prof.__enter__()
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        out = model(**inputs)[0]
-    sync(device)
-    ms = (time.perf_counter() - t0) * 1e3
-    breakdown = {}
-    if prof is not None:
-        prof.__exit__(None, None, None)
-        breakdown = kernel_breakdown(prof)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    return ms, out, peak, breakdown
-
-
 def bench_model(name: str, args, device, dtype, backend: str) -> list[dict]:
     spec = MODELS[name]
     t0 = time.perf_counter()
@@ -188,7 +162,9 @@ def bench_model(name: str, args, device, dtype, backend: str) -> list[dict]:
         else:
             runtime = apply_xattention(model, config_for(overrides, backend, args.tiny))
         try:
-            ms, out, peak, breakdown = time_forward(model, inputs, device, args.profile)
+            with torch.no_grad():
+                ms, out, breakdown = time_forward(model, inputs, device, args.profile)
+            peak = breakdown.pop("peak_mem_gb")
         except torch.OutOfMemoryError as e:  # the stock HunyuanVideo 1.5 call builds an N x N mask
             rows.append({"model": name, "row": label, "error": f"out of memory: {str(e)[:200]}"})
             print(f"  {label:20s} out of memory", flush=True)

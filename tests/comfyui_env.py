@@ -61,3 +61,23 @@ def import_comfy() -> Path:
     import utils.install_util  # noqa: F401  ComfyUI's utils package, before nodes.py puts comfy/ (with utils.py) first
 
     return path
+
+
+def random_model(config, model_class, peaked_norms: tuple[str, ...]):
+    """A ComfyUI ``ModelPatcher`` on the CPU in float32 around ``model_class(config)`` with random weights
+    (ComfyUI's layers skip weight init: every weight gets a value, seed 0), the QK-norm scales whose names end
+    with ``peaked_norms`` set to 4: peaked, position-dependent attention like a trained model's."""
+    import comfy.model_patcher
+    import torch
+
+    cpu = torch.device("cpu")
+    config.set_inference_dtype(torch.float32, None)
+    base = model_class(config, device=cpu)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in base.diffusion_model.named_parameters():
+            p.normal_(0.0, 0.15 if p.dim() > 1 else 0.02)
+            if name.endswith(peaked_norms):
+                p.fill_(4.0)
+    return comfy.model_patcher.ModelPatcher(base, load_device=cpu, offload_device=cpu)
+

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from comfyui_env import import_comfy
+from comfyui_env import import_comfy, random_model
 
 import_comfy()
 
@@ -36,16 +36,8 @@ NODE_ARGS = dict(stride=4, block_size=16, max_density=0.0, keep_text=True)
 
 @pytest.fixture(scope="module")
 def model() -> comfy.model_patcher.ModelPatcher:
-    config = comfy.supported_models.HunyuanVideo(dict(UNET))
-    config.set_inference_dtype(torch.float32, None)
-    base = comfy.model_base.HunyuanVideo(config, device=CPU)
-    torch.manual_seed(0)
-    with torch.no_grad():  # ComfyUI's layers skip weight init: give every weight a value
-        for name, p in base.diffusion_model.named_parameters():
-            p.normal_(0.0, 0.15 if p.dim() > 1 else 0.02)
-            if name.endswith(("query_norm.scale", "key_norm.scale")):
-                p.fill_(4.0)  # peaked, position-dependent attention like a trained model's
-    return comfy.model_patcher.ModelPatcher(base, load_device=CPU, offload_device=CPU)
+    return random_model(comfy.supported_models.HunyuanVideo(dict(UNET)), comfy.model_base.HunyuanVideo,
+                        ("query_norm.scale", "key_norm.scale"))
 
 
 def _conds(pad: int = 0) -> tuple[list, list]:

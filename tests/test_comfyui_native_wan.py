@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from comfyui_env import import_comfy
+from comfyui_env import import_comfy, random_model
 
 import_comfy()
 
@@ -19,7 +19,6 @@ from xattn_video.comfyui.nodes import XAttentionHunyuanVideo  # noqa: E402
 from xattn_video.config import XAttentionConfig  # noqa: E402
 from xattn_video.log import log_once  # noqa: E402
 
-CPU = torch.device("cpu")
 UNET = dict(image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), in_dim=16, dim=32, ffn_dim=64,
             freq_dim=16, text_dim=24, out_dim=16, num_heads=2, num_layers=2)
 LATENT = (1, 16, 3, 12, 12)  # 3 x 6 x 6 = 108 video tokens after the 1x2x2 patchify
@@ -31,16 +30,8 @@ BLOCKS = dict(block_size=16, stride=4)
 
 @pytest.fixture(scope="module")
 def model() -> comfy.model_patcher.ModelPatcher:
-    config = comfy.supported_models.WAN21_T2V(dict(UNET))
-    config.set_inference_dtype(torch.float32, None)
-    base = comfy.model_base.WAN21(config, device=CPU)
-    torch.manual_seed(0)
-    with torch.no_grad():  # ComfyUI's layers skip weight init: give every weight a value
-        for name, p in base.diffusion_model.named_parameters():
-            p.normal_(0.0, 0.15 if p.dim() > 1 else 0.02)
-            if name.endswith(("self_attn.norm_q.weight", "self_attn.norm_k.weight")):
-                p.fill_(4.0)  # peaked, position-dependent attention like a trained model's
-    return comfy.model_patcher.ModelPatcher(base, load_device=CPU, offload_device=CPU)
+    return random_model(comfy.supported_models.WAN21_T2V(dict(UNET)), comfy.model_base.WAN21,
+                        ("self_attn.norm_q.weight", "self_attn.norm_k.weight"))
 
 
 def _sample(m, txt: int = TXT) -> torch.Tensor:

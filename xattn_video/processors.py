@@ -35,10 +35,10 @@ import torch
 from .config import XAttentionConfig
 from .parallel import UlyssesGroup, context_parallel_config
 from .runtime import MaskSource, XAttentionRuntime
-from .runtime.traced import attend, layer_index, runtime_key
+from .runtime.traced import LayerIndexed, attend, layer_index, runtime_key
 
 
-class XAttentionProcessor:
+class XAttentionProcessor(LayerIndexed):
     """Drop-in for diffusers' ``HunyuanVideoAttnProcessor2_0`` (double- and single-stream blocks).
 
     Same projections, QK norms and RoPE (video tokens only); text tokens follow the video tokens; the
@@ -73,15 +73,6 @@ class XAttentionProcessor:
         self._order: dict[int, int] = {}
         self._fallback: Any = None
         self._ulysses: tuple[Any, UlyssesGroup | None] = (None, None)
-
-    @property
-    def layer(self) -> int | None:
-        return self._layer
-
-    @layer.setter
-    def layer(self, value: int | None) -> None:
-        self._layer = value
-        self._layer_t = None if value is None else layer_index(value)  # what a compiled graph reads
 
     @property
     def config(self) -> XAttentionConfig:

@@ -12,10 +12,10 @@ import importlib
 from typing import Any
 
 from ..runtime import XAttentionRuntime
-from ..runtime.traced import attend, layer_index, runtime_key
+from ..runtime.traced import LayerIndexed, attend, runtime_key
 
 
-class AdapterProcessor:
+class AdapterProcessor(LayerIndexed):
     """The runtime and layer of one attention module, diffusers' own processor for the calls that are not the
     sparse attention (made on first use), the refusal of diffusers' context parallelism, and ``attend``: the
     runtime's attention, through one custom op under torch.compile.
@@ -36,14 +36,6 @@ class AdapterProcessor:
         self.name = name
         self._stock: Any = None
         self._key = runtime_key(runtime)  # torch.compile calls the runtime through a custom op (runtime/traced.py)
-
-    @property
-    def layer(self) -> int:
-        return self._layer
-
-    @layer.setter
-    def layer(self, value: int) -> None:
-        self._layer, self._layer_t = value, layer_index(value)  # the tensor is what a compiled graph reads
 
     def _stock_processor(self) -> Any:
         if self._stock is None:

@@ -44,6 +44,20 @@ def layer_index(layer: int) -> torch.Tensor:
     return torch.tensor(int(layer), dtype=torch.int64)
 
 
+class LayerIndexed:
+    """A processor's ``layer`` (an int; None for one instance shared by several layers) kept beside
+    ``_layer_t``, its ``layer_index`` tensor: the value a compiled graph reads."""
+
+    @property
+    def layer(self) -> int | None:
+        return self._layer
+
+    @layer.setter
+    def layer(self, value: int | None) -> None:
+        self._layer = value
+        self._layer_t = None if value is None else layer_index(value)
+
+
 @torch.library.custom_op("xattn_video::attend", mutates_args=())
 def _attend_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, runtime: int,
                layer: torch.Tensor, global_start: int) -> torch.Tensor:
