@@ -1,6 +1,8 @@
 """Attention kernel benchmark (GPU): our block-sparse kernel and estimate vs FlexAttention and dense SDPA.
 
-HunyuanVideo shapes (B=1, H=24, D=128, bf16, video + 256 text tokens, the last 30 text keys padding).
+HunyuanVideo shapes (B=1, H=24, D=128, bf16, video + 256 text tokens, the last 30 text keys padding). Beside
+every row: the same mask in 8-bit arithmetic (`precision` "int8-fp8" and "fp8": time, cosine to the native
+output) and, on the estimate rows, the fp8 estimate (time, density, Jaccard of its mask against the native one).
 Rows: random block masks (diagonal kept) at density 1.0 / 0.5 / 0.3 / 0.15, and the masks the estimate
 picks at tau = 0.9 / 0.95 on structured video-like Q/K (xattn_video.synthetic). Every baseline is measured in
 the same run; times are triton.testing.do_bench medians on fresh random (non-zero) inputs.
@@ -43,6 +45,7 @@ SIZES = {  # name: (t, h, w) latent grid; + 256 text tokens
 }
 N_TEXT, N_TEXT_PAD = 256, 30
 H, D, BS, STRIDE = 24, 128, 128, 16
+LOW_PRECISIONS = ("int8-fp8", "fp8")  # OpConfig.precision values beside the native one
 
 
 def bench(fn, quick: bool) -> float:
@@ -137,9 +140,23 @@ def gpu_checks() -> list[dict]:
                                     max_abs_err=est_err))
                 if not est_err < 2e-2:
                     raise AssertionError(f"estimate mismatch {results[-1]}")
+                # fp8: the tensor cores accumulate e4m3 products in less than fp32, hence a looser bound
+                s8 = strided_block_scores_triton(qs, ks, bs, stride, kv_len, precision="fp8")
+                r8 = strided_block_scores_reference(qs, ks, bs, stride, kv_len, precision="fp8")
+                results.append(dict(check="estimate fp8", dtype=str(dtype), bs=bs, stride=stride, n=n, d=d,
+                                    max_abs_err=float((s8 - r8).abs().max())))
+                if not results[-1]["max_abs_err"] < 1e-1:
+                    raise AssertionError(f"estimate mismatch {results[-1]}")
             results.append(dict(check="attention", dtype=str(dtype), bs=bs, n=n, d=d, max_abs_err=err, rel_err=rel))
             if not (rel < 1e-2 and torch.isfinite(out).all()):
                 raise AssertionError(f"attention mismatch {results[-1]}")
+            for precision in LOW_PRECISIONS if bs % 64 == 0 else ():  # against the twin's same rounding
+                low = block_sparse_attention_triton(q, k, v, mask, precision=precision)
+                twin = block_sparse_attention_reference(q, k, v, mask, precision=precision)
+                rel = float((low.float() - twin.float()).norm() / twin.float().norm())
+                results.append(dict(check=f"attention {precision}", dtype=str(dtype), bs=bs, n=n, d=d, rel_err=rel))
+                if not (rel < 3e-2 and torch.isfinite(low).all()):
+                    raise AssertionError(f"attention mismatch {results[-1]}")
     for r in results:
         print("check", r)
     return results
@@ -251,6 +268,21 @@ def run_size(name: str, quick: bool, flex_fn, rows: list[dict]) -> None:
         ours_ms = bench(lambda: block_sparse_attention_triton(qq, kk, vv, mask), quick)
         out = block_sparse_attention_triton(qq, kk, vv, mask)
         err_ref = subset_reference_error(qq, kk, vv, mask, out, 1 if quick else 3)
+        low = {}  # the 8-bit arithmetic on the same mask: time, and how close to the native output
+        for precision in LOW_PRECISIONS:
+            ms = bench(lambda: block_sparse_attention_triton(qq, kk, vv, mask, precision=precision), quick)
+            o = block_sparse_attention_triton(qq, kk, vv, mask, precision=precision).float()
+            low[precision] = dict(ms=ms, tflops=flops_dense * dens / ms / 1e9, x_native=ours_ms / ms,
+                                  cos_vs_native=float(F.cosine_similarity(o.flatten(), out.float().flatten(), 0)))
+            del o
+        if tau is not None:  # the fp8 estimate: its cost and how its mask compares
+            def est8():
+                return estimate_mask(sq, sk, block_size=BS, stride=STRIDE, threshold=tau, kv_len=s_kv,
+                                     global_start=n_video, backend="triton", precision="fp8")
+            a, b8 = mask.to_dense(), est8().to_dense()
+            low["estimate fp8"] = dict(select_ms=bench(est8, quick), density=float(b8.float().mean()),
+                                       jaccard_vs_native=float((a & b8).sum() / (a | b8).sum()))
+            del a, b8
         flex_ms, err_flex = float("nan"), float("nan")
         if flex_fn is not None:
             try:
@@ -266,15 +298,32 @@ def run_size(name: str, quick: bool, flex_fn, rows: list[dict]) -> None:
             flash_dense_ms=dense["flash"], speedup_vs_cudnn=dense["cudnn"] / ours_ms,
             estimate_scores_ms=scores_ms if tau is not None else float("nan"),
             estimate_select_ms=select_ms, estimate_pct_of_cudnn=100.0 * select_ms / dense["cudnn"],
-            max_err_vs_ref=err_ref, max_err_vs_flex=err_flex, estimate_max_err=est_err,
+            max_err_vs_ref=err_ref, max_err_vs_flex=err_flex, estimate_max_err=est_err, low_precision=low,
         )
         rows.append(row)
         print(f"[{name}] {label:18s} dens {dens:.3f} ours {ours_ms:8.2f} ms {row['ours_tflops']:6.0f} TF | flex "
               f"{flex_ms:8.2f} ms {row['flex_tflops']:6.0f} TF | est+sel {select_ms:6.2f} ms | err ref {err_ref:.1e}"
               f" flex {err_flex:.1e}", flush=True)
+        for precision, r in low.items():
+            print(f"[{name}] {label:18s} {precision}: {r}", flush=True)
         del mask
     del q, k, v, sq, sk, sv
     torch.cuda.empty_cache()
+
+
+def low_precision_table(rows: list[dict]) -> str:
+    """The 8-bit rows: attention time and closeness to the native output; the fp8 estimate's cost and mask."""
+    lines = ["| size | mask | density | native ms | int8-fp8 ms (x native, cosine) | fp8 ms (x native, cosine) | "
+             "est + select native ms | est + select fp8 ms | fp8 mask density / Jaccard |", "|" + "---|" * 9]
+    for r in rows:
+        lo = r.get("low_precision", {})
+        cells = [f"{lo[p]['ms']:.2f} ({lo[p]['x_native']:.2f}x, {lo[p]['cos_vs_native']:.5f})" if p in lo else "–"
+                 for p in LOW_PRECISIONS]
+        e = lo.get("estimate fp8")
+        lines.append(f"| {r['size']} | {r['mask']} | {r['density']:.3f} | {r['ours_ms']:.2f} | {cells[0]} | {cells[1]} | "
+                     f"{r['estimate_select_ms']:.2f} | {e['select_ms'] if e else float('nan'):.2f} | "
+                     + (f"{e['density']:.3f} / {e['jaccard_vs_native']:.3f} |" if e else "– |"))
+    return "\n".join(lines)
 
 
 def table(rows: list[dict]) -> str:
@@ -328,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     if rows:
         print()
         print(table(rows))
+        print()
+        print(low_precision_table(rows))
     print(f"total {info['seconds']:.0f} s")
     if args.out:
         Path(args.out).write_text(json.dumps(dict(info=info, checks=checks, rows=rows), indent=1))

@@ -11,6 +11,8 @@ block-sparse kernel; only the block masks differ:
   0.15: a 3D sliding window (STA), SVG's per-head spatial-or-temporal choice by online profiling (its MSE
   criterion on 64 sampled queries), Radial attention's energy-decay mask, and random blocks (the floor);
 - each with 0 / 10% / 20% of the steps dense;
+- with ``--precisions``: the attention's and the estimate's arithmetic (native, int8 / fp8, fp8; FP8 needs a
+  GPU, the CPU computes the same rounding in the reference);
 - the quality levers (at the first warmup only), each at density 0.3 and 0.15: the 3D-tile token order, the
   sink-aware estimate, per-head thresholds calibrated on *training* captions for that density
   (``xattn_video.calibrate``; by kept mass and by output error), alone and with the sink-aware estimate, and
@@ -24,6 +26,8 @@ keeps what finished), then a Markdown table and a Pareto plot (density -> PSNR).
     python benchmarks/bench_quality.py --out $OUT/quality           # GPU: 17 x 64 x 64 (17,408 tokens)
     python benchmarks/bench_quality.py --levers-only --warmups 0.1 --profiles DIR --out $OUT/levers
                                         # the levers beside plain XAttention, calibrating from saved profiles
+    python benchmarks/bench_quality.py --precisions --warmups 0.1 --out $OUT/precision
+                                        # capped XAttention and the calibrated preset in fp8 / int8 arithmetic
     python benchmarks/bench_quality.py --toy --out /tmp/quality     # CPU smoke test of this script
 """
 
@@ -152,6 +156,32 @@ def build_lever_methods(pipe: Any, captions: list[str], size: dict, steps: int, 
     return methods
 
 
+PRECISIONS = (("native", "native"), ("int8-fp8", "native"), ("fp8", "native"), ("native", "fp8"),
+              ("int8-fp8", "fp8"))  # (attention, estimate)
+
+
+def build_precision_methods(stride: int) -> list[Method]:
+    """Plain capped XAttention at each density and the preset ``proxy_64x64_calibrated_d030``, each with the
+    attention's and the estimate's arithmetic in native, int8 / fp8 or fp8 (``OpConfig.precision``)."""
+    from dataclasses import asdict
+
+    from xattn_video.config import load_config
+
+    preset = {k: v for k, v in asdict(load_config("proxy_64x64_calibrated_d030").op).items()
+              if k not in ("block_size", "precision", "estimate_precision")}
+    methods = []
+    for attention, estimate in PRECISIONS:
+        arith = {"precision": attention, "estimate_precision": estimate}
+        tag = f" attention {attention}, estimate {estimate}"
+        for d in DENSITIES:
+            methods.append(Method(f"XAttention tau=0.95 cap={d}{tag}", "xattention cap precision",
+                                  {"threshold": 0.95, "stride": stride, "max_density": d, **arith}, target=d,
+                                  params=arith))
+        methods.append(Method(f"preset proxy_64x64_calibrated_d030{tag}", "xattention calibrated precision",
+                              {**preset, **arith}, target=0.3, params=arith))
+    return methods
+
+
 def run(pipe: Any, captions: list[str], seeds: list[int], size: dict, steps: int, batch: int,
         config: XAttentionConfig | None, source: Callable | None) -> tuple[list[np.ndarray], dict]:
     """One batched generation: videos and what the runtime recorded (density, attention time)."""
@@ -235,8 +265,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profiles", type=Path, default=None,
                     help="calibrate from the profiles an earlier run saved in this folder (same model, size, "
                     "captions) instead of profiling again")
+    ap.add_argument("--precisions", action="store_true",
+                    help="only capped XAttention and the calibrated preset, in each arithmetic (native, int8 / "
+                    "fp8, fp8) of the attention and the estimate")
+    ap.add_argument("--size", default=None,
+                    help="frames x height x width in pixels, e.g. 9x32x32 (default 17x64x64; --toy: 5x32x32)")
     ap.add_argument("--toy", action="store_true", help="CPU smoke test: small video, few methods")
     args = ap.parse_args(argv)
+    if args.size is not None:
+        try:
+            frames, height, width = (int(x) for x in args.size.lower().split("x"))
+        except ValueError:
+            ap.error(f"--size {args.size!r} is not FRAMESxHEIGHTxWIDTH, e.g. 9x32x32")
 
     from xattn_video.pipelines.hunyuan_video import load_pipeline
 
@@ -246,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.toy else "cpu")
     pipe = load_pipeline(args.model, device=device)
     size = {"frames": 5, "height": 32, "width": 32} if args.toy else {"frames": 17, "height": 64, "width": 64}
+    if args.size is not None:
+        size = {"frames": frames, "height": height, "width": width}
     block = 32 if args.toy else 128
     steps = 3 if args.toy else args.steps
     layout = VideoLayout(size["frames"], size["height"] // 2, size["width"] // 2)
@@ -262,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         methods = [m for m in methods if m.family == "xattention cap"]
     if args.toy:
         methods = [m for m in methods if "@0.3" in m.name or m.family == "xattention cap" or "0.9 " in m.name]
+    if args.precisions:
+        methods, args.levers = build_precision_methods(8 if args.toy else 16), False
 
     refs, dense_stats = run(pipe, captions, seeds, size, steps, len(captions), None, None)
     dense_follow = float(np.mean([follows_caption(v, c).followed for v, c in zip(refs, captions)]))

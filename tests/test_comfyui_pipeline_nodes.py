@@ -63,6 +63,13 @@ def test_bad_inputs_name_the_value(tiny_pipe, tmp_path):
         with pytest.raises(ValueError, match=f"threshold={tau}"):
             XAttentionConfigNode().build(threshold=tau, stride=4, block_size=16, warmup_steps=0, max_density=0.0,
                                          keep_text=True)
+    (config,) = XAttentionConfigNode().build(threshold=0.9, stride=4, block_size=64, warmup_steps=0,
+                                             max_density=0.0, keep_text=True, precision="int8-fp8")
+    assert config.op.precision == "int8-fp8"
+    assert "int8-fp8" in XAttentionConfigNode.INPUT_TYPES()["optional"]["precision"][0]
+    with pytest.raises(ValueError, match="precision='fp4'"):
+        XAttentionConfigNode().build(threshold=0.9, stride=4, block_size=16, warmup_steps=0, max_density=0.0,
+                                     keep_text=True, precision="fp4")
     with pytest.raises(ValueError, match="dense_layers entry 'x'"):
         XAttentionConfigNode().build(threshold=0.9, stride=4, block_size=16, warmup_steps=0, max_density=0.0,
                                      keep_text=True, dense_layers="1, x")

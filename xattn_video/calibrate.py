@@ -143,7 +143,8 @@ class ThresholdProfiler:
         q_blocks = torch.nn.functional.pad(q, (0, 0, 0, ceil_div(n, bs) * bs - n)).unflatten(2, (-1, bs))
         q_sel = q_blocks.index_select(2, rows).flatten(2, 3)  # whole blocks, in order: row i is block rows[i]
         backend = resolve_backend(op, q)
-        scores = block_scores(q, k, bs, op.stride, req.kv_len, backend, sink_aware=op.sink_aware)
+        scores = block_scores(q, k, bs, op.stride, req.kv_len, backend, sink_aware=op.sink_aware,
+                              precision=op.estimate_precision)
         global_start = req.global_start if op.keep_text else None
         density, keeps = [], []
         for tau in self.profile.taus:

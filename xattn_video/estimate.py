@@ -30,10 +30,12 @@ def block_scores(
     backend: str = "reference",
     *,
     sink_aware: bool = False,
+    precision: str = "native",
 ) -> torch.Tensor:
     """XAttention's strided antidiagonal estimate, ``[B, H, QB, KB]`` float32 (see the reference twin);
-    ``sink_aware`` averages it with the max-logit estimate that does not underrate sinks."""
-    return kernel("scores", backend)(q, k, block_size, stride, kv_len, sink_aware=sink_aware)
+    ``sink_aware`` averages it with the max-logit estimate that does not underrate sinks; ``precision="fp8"``
+    runs the strided GEMM in e4m3."""
+    return kernel("scores", backend)(q, k, block_size, stride, kv_len, sink_aware=sink_aware, precision=precision)
 
 
 def select_blocks(
@@ -69,9 +71,10 @@ def estimate_mask(
     global_start: int | None = None,
     backend: str = "reference",
     sink_aware: bool = False,
+    precision: str = "native",
 ) -> BlockSparseMask:
-    """Estimate block scores from q, k and select the mask in one call."""
-    scores = block_scores(q, k, block_size, stride, kv_len, backend, sink_aware=sink_aware)
+    """Estimate block scores from q, k and select the mask in one call (``precision``: the estimate's)."""
+    scores = block_scores(q, k, block_size, stride, kv_len, backend, sink_aware=sink_aware, precision=precision)
     if kv_len is None:
         kv_len = torch.full((q.shape[0],), k.shape[2], dtype=torch.long, device=q.device)
     return select_blocks(

@@ -22,6 +22,8 @@ import triton.language as tl
 
 from ..block_mask import BlockSparseMask
 from ..config import ceil_div
+from .quantize import quantize_channels_fp8, quantize_rows, require_fp8_tensor_cores, to_e4m3
+from .reference import ATTENTION_GROUP, check_precision, fp8_key_group
 
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (64, 128)
@@ -61,9 +63,12 @@ def check_interpreter(triton_version: str = triton.__version__, numpy_version: s
 
 @triton.jit
 def _attn_tile(acc, l_i, m_i, q, k_src, v_src, start_n, kv_len, qk_scale,
-               stride_kn, stride_kd, stride_vn, stride_vd,
-               HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, USE_TMA: tl.constexpr):
+               stride_kn, stride_kd, stride_vn, stride_vd, k_scale_src,
+               HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, USE_TMA: tl.constexpr,
+               FP8: tl.constexpr, K_GROUP: tl.constexpr, EXACT: tl.constexpr, QK_INT8: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
+    if FP8:  # qk_scale is each row's q scale; times this tile's key scale (a tile lies in one key group)
+        qk_scale = qk_scale * tl.load(k_scale_src + start_n // K_GROUP)
     offs_d = tl.arange(0, HEAD_DIM)
     if USE_TMA:
         # descriptors span [kv_len, D]: rows past kv_len come back as zeros
@@ -74,17 +79,30 @@ def _attn_tile(acc, l_i, m_i, q, k_src, v_src, start_n, kv_len, qk_scale,
             k = tl.load(k_ptrs, mask=offs_n[None, :] < kv_len, other=0.0)
         else:
             k = tl.load(k_ptrs)
-    qk = tl.dot(q, k)
+    if QK_INT8:
+        qk = tl.dot(q, k, out_dtype=tl.int32).to(tl.float32)
+    else:
+        qk = tl.dot(q, k)
     if MASKED:
         qk = tl.where(offs_n[None, :] < kv_len, qk, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
     # a row without a finite logit yet (padding, or -Inf products) subtracts 0, not -inf: its weights stay 0
     # instead of exp2(-inf - -inf) = NaN, as SDPA's fused kernels do; NaN and +Inf still give NaN
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.math.exp2(qk * qk_scale - m_use[:, None])
+    if FP8:  # weights times 448 (log2 448 in the exponent): e4m3's whole range for the product with v
+        p = tl.math.exp2(qk * qk_scale[:, None] - (m_use[:, None] - 8.807354922057604))
+    else:
+        p = tl.math.exp2(qk * qk_scale - m_use[:, None])
     alpha = tl.math.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
+    if FP8:  # v is stored transposed [D, N] (key-major, as the fp8 tensor-core product wants it)
+        if USE_TMA:
+            v = v_src.load([0, start_n]).T
+        else:
+            v = tl.load(v_src + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd)
+        acc = tl.dot(to_e4m3(p, EXACT), v, acc)
+        return acc, l_i, m_new
     if USE_TMA:
         v = v_src.load([start_n, 0])
     else:
@@ -101,9 +119,11 @@ def _attn_tile(acc, l_i, m_i, q, k_src, v_src, start_n, kv_len, qk_scale,
 def _bsa_fwd(Q, K, V, O, IDX, CNT, KVLEN, qk_scale,
              s_qb, s_qh, s_qn, s_qd, s_kb, s_kh, s_kn, s_kd, s_vb, s_vh, s_vn, s_vd, s_ob, s_oh, s_on, s_od,
              s_ib, s_ih, s_iq, s_ik, s_cb, s_ch, s_cq,
-             H, N_Q, n_bucket,
+             H, N_Q, n_bucket, SQ, SK, SV, n_qg, n_kg,
              BS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-             USE_TMA: tl.constexpr = False, WARP_SPECIALIZE: tl.constexpr = False, PREFETCH: tl.constexpr = False):
+             USE_TMA: tl.constexpr = False, WARP_SPECIALIZE: tl.constexpr = False, PREFETCH: tl.constexpr = False,
+             FP8: tl.constexpr = False, Q_GROUP: tl.constexpr = 1, K_GROUP: tl.constexpr = 1,
+             EXACT: tl.constexpr = False, QK_INT8: tl.constexpr = False):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -119,8 +139,16 @@ def _bsa_fwd(Q, K, V, O, IDX, CNT, KVLEN, qk_scale,
     if USE_TMA:  # Hopper bulk copies (needs unit stride on D, 16-byte aligned rows; checked by the caller)
         k_src = tl.make_tensor_descriptor(k_src, shape=[kv_len, HEAD_DIM], strides=[s_kn, 1],
                                           block_shape=[BLOCK_N, HEAD_DIM])
-        v_src = tl.make_tensor_descriptor(v_src, shape=[kv_len, HEAD_DIM], strides=[s_vn, 1],
-                                          block_shape=[BLOCK_N, HEAD_DIM])
+        if FP8:
+            v_src = tl.make_tensor_descriptor(v_src, shape=[HEAD_DIM, kv_len], strides=[s_vd, 1],
+                                              block_shape=[HEAD_DIM, BLOCK_N])
+        else:
+            v_src = tl.make_tensor_descriptor(v_src, shape=[kv_len, HEAD_DIM], strides=[s_vn, 1],
+                                              block_shape=[BLOCK_N, HEAD_DIM])
+    k_scale_src = SK + pid_bh.to(tl.int64) * n_kg
+    if FP8:  # the fp8 copies' scales: one per Q_GROUP query rows, folded into the logits' scale per row
+        row_scale = tl.load(SQ + pid_bh.to(tl.int64) * n_qg + offs_m // Q_GROUP, mask=offs_m < N_Q, other=1.0)
+        qk_scale = row_scale * qk_scale
     idx_base = IDX + b * s_ib + h * s_ih + q_blk * s_iq
     count = tl.load(CNT + b * s_cb + h * s_ch + q_blk * s_cq)
 
@@ -140,7 +168,8 @@ def _bsa_fwd(Q, K, V, O, IDX, CNT, KVLEN, qk_scale,
             kb = tl.load(idx_base + i * s_ik)
         for sub in tl.static_range(BS // BLOCK_N):
             acc, l_i, m_i = _attn_tile(acc, l_i, m_i, q, k_src, v_src, kb * BS + sub * BLOCK_N, kv_len,
-                                       qk_scale, s_kn, s_kd, s_vn, s_vd, HEAD_DIM, BLOCK_N, False, USE_TMA)
+                                       qk_scale, s_kn, s_kd, s_vn, s_vd, k_scale_src, HEAD_DIM, BLOCK_N, False,
+                                       USE_TMA, FP8, K_GROUP, EXACT, QK_INT8)
         if PREFETCH:
             kb = kb_next
     if partial:
@@ -148,9 +177,13 @@ def _bsa_fwd(Q, K, V, O, IDX, CNT, KVLEN, qk_scale,
         # sub-tile and exp2(m_i - m_new) never sees -inf - -inf
         for sub in tl.static_range(BS // BLOCK_N):
             acc, l_i, m_i = _attn_tile(acc, l_i, m_i, q, k_src, v_src, last * BS + sub * BLOCK_N, kv_len,
-                                       qk_scale, s_kn, s_kd, s_vn, s_vd, HEAD_DIM, BLOCK_N, True, USE_TMA)
-    # a row with no kept block (count == 0) outputs zeros, as the reference does
-    acc = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+                                       qk_scale, s_kn, s_kd, s_vn, s_vd, k_scale_src, HEAD_DIM, BLOCK_N, True,
+                                       USE_TMA, FP8, K_GROUP, EXACT, QK_INT8)
+    # a row with no kept block (count == 0) outputs zeros, as the reference does; a NaN sum divides (the fp8
+    # weights may have lost the NaN: the interpreter converts NaN to a finite e4m3)
+    acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    if FP8:
+        acc = acc * tl.load(SV + pid_bh.to(tl.int64) * HEAD_DIM + offs_d)[None, :]
     o_ptrs = O + b * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_d[None, :] * s_od
     tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=offs_m[:, None] < N_Q)
 
@@ -233,6 +266,28 @@ def _launch_autotuned(args: tuple, grid, bs: int, d: int, k: torch.Tensor, v: to
     _bsa_fwd_tuned[grid](*args, BS=bs, HEAD_DIM=d, USE_TMA=_use_tma(k) and _use_tma(v))
 
 
+def _launch_fp8(args: tuple, n: int, bh: int, bs: int, d: int, tile: int, k_group: int, on_cpu: bool,
+                launch: dict | None) -> None:
+    """One fixed launch, the fastest of the H200 sweep (benchmarks/RESULTS.md): 64-row programs of one
+    warpgroup (several per multiprocessor overlap one's softmax with another's products), the next block index
+    loaded ahead. Key tiles as wide as the head (bulk copies only there: Triton 3.6 fails to compile the fp8
+    products from non-square transposed tiles)."""
+    if on_cpu:
+        cfg = {"BLOCK_M": min(tile, 64), "BLOCK_N": min(tile, 64), **(launch or {})}
+        _bsa_fwd[(ceil_div(n, cfg["BLOCK_M"]), bh)](*args, BS=bs, HEAD_DIM=d, FP8=True, Q_GROUP=ATTENTION_GROUP,
+                                                    K_GROUP=k_group, EXACT=interpreting(), **cfg)
+        return
+    block_n = min(tile, d)
+    cfg = {"BLOCK_M": 64, "BLOCK_N": block_n, "num_warps": 4, "num_stages": 3, "PREFETCH": True,
+           "USE_TMA": block_n == d and _use_tma(args[1]), **(launch or {})}
+    if bs % cfg["BLOCK_M"] or bs % cfg["BLOCK_N"]:
+        raise ValueError(f"launch {cfg} does not tile mask blocks of {bs}; accepted: BLOCK_M and BLOCK_N dividing it")
+    if cfg["USE_TMA"]:
+        _install_allocator()
+    _bsa_fwd[(ceil_div(n, cfg["BLOCK_M"]), bh)](*args, BS=bs, HEAD_DIM=d, FP8=True, Q_GROUP=ATTENTION_GROUP,
+                                                K_GROUP=k_group, **cfg)
+
+
 def _tile_for(block_size: int) -> int:
     """Largest power of two <= 128 that divides the mask block (internal tile side)."""
     t = 128
@@ -245,14 +300,17 @@ def _tile_for(block_size: int) -> int:
 
 
 def block_sparse_attention_triton(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockSparseMask, scale: float | None = None, *,
-    launch: dict | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockSparseMask, scale: float | None = None,
+    precision: str = "native", *, launch: dict | None = None,
 ) -> torch.Tensor:
     """Attention of each query block over its kept key blocks (keys past ``mask.kv_len`` excluded).
 
     q ``[B, H, N, D]``, k / v ``[B, H, N_k, D]`` (any strides); float16, bfloat16 or float32 (fp32 runs tf32
-    dots on GPU); head_dim 64 or 128. Returns ``[B, H, N, D]`` in q's dtype. ``launch`` (benchmarks only)
-    fixes the launch instead of autotuning: BLOCK_M, BLOCK_N, num_warps, num_stages, USE_TMA, WARP_SPECIALIZE.
+    dots on GPU); head_dim 64 or 128. Returns ``[B, H, N, D]`` in q's dtype. ``precision="fp8"``: both
+    products in e4m3 on fp8 copies of q, k, v (``kernels/quantize.py``; the weights too, see the twin),
+    ``"int8-fp8"`` Q.K^T in int8 instead; the mask's block size must then be a multiple of 64. ``launch``
+    (benchmarks only) fixes the launch instead of autotuning: BLOCK_M, BLOCK_N, num_warps, num_stages, USE_TMA,
+    WARP_SPECIALIZE, PREFETCH.
     """
     b, h, n, d = q.shape
     n_k = k.shape[2]
@@ -283,10 +341,28 @@ def block_sparse_attention_triton(
     s_ch = cnt.stride(1) if cnt.shape[1] > 1 else 0
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     out = torch.empty((b, h, n, d), dtype=q.dtype, device=q.device)
+    check_precision(precision)
+    fp8 = precision != "native"
+    scales = (q, q, q, 0, 0)  # never read without fp8
+    if fp8:
+        if bs % 64:
+            raise ValueError(f"precision={precision!r} needs a mask block_size that is a multiple of 64, got {bs}")
+        require_fp8_tensor_cores(q.device, f"precision={precision!r}")
+        k_group = fp8_key_group(bs)
+        qk_dtype = torch.int8 if precision == "int8-fp8" else torch.float8_e4m3fn
+        q, q_scale = quantize_rows(q, ATTENTION_GROUP, dtype=qk_dtype)
+        k, k_scale = quantize_rows(k, k_group, kv_len, center=True, dtype=qk_dtype)
+        v_t, v_scale = quantize_channels_fp8(v, kv_len)
+        v = v_t.transpose(2, 3)  # the [N, D] view of the transposed copy
+        scales = (q_scale, k_scale, v_scale, q_scale.shape[-1], k_scale.shape[-1])
     args = (q, k, v, out, idx, cnt, kv_len, scale * LOG2E,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             idx.stride(0), s_ih, idx.stride(2), idx.stride(3), cnt.stride(0), s_ch, cnt.stride(2),
-            h, n, triton.next_power_of_2(n))
+            h, n, triton.next_power_of_2(n), *scales)
+    if fp8:
+        launch = {"QK_INT8": qk_dtype == torch.int8, **(launch or {})}
+        _launch_fp8(args, n, b * h, bs, d, tile, k_group, interp or q.device.type != "cuda", launch)
+        return out
     reason = tma_unsupported_reason() if launch and launch.get("USE_TMA") else None
     if reason:
         raise ValueError(f"launch USE_TMA=True cannot run: {reason}; accepted: triton >= 3.4")

@@ -24,15 +24,17 @@ import triton
 import triton.language as tl
 
 from ..config import ceil_div
-from .block_sparse_attention import DTYPES, LOG2E, check_interpreter, interpreting
+from .block_sparse_attention import DTYPES, LOG2E, _install_allocator, check_interpreter, interpreting
+from .quantize import quantize_rows, require_fp8_tensor_cores
+from .reference import ESTIMATE_PRECISIONS, check_precision
 
 
 @triton.jit
 def _est_partial(Q, K, KVLEN, PART, MT, MS, LS, qk_scale, PART2, MT2, MS2, LS2, sink_scale,
                  s_qb, s_qh, s_qn, s_qd, s_kb, s_kh, s_kn, s_kd,
-                 H, N_Q, NQS, KB, NT, NSPLIT, TILES_PER_SPLIT,
+                 H, N_Q, NQS, KB, NT, NSPLIT, TILES_PER_SPLIT, SQ, SK, NQG, NKG,
                  S: tl.constexpr, R: tl.constexpr, HEAD_DIM: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINK: tl.constexpr):
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINK: tl.constexpr, FP8: tl.constexpr):
     # split fastest: neighbouring programs share the same Q rows, which then stay in L2
     pid_s = tl.program_id(0)
     pid_m = tl.program_id(1)
@@ -49,6 +51,11 @@ def _est_partial(Q, K, KVLEN, PART, MT, MS, LS, qk_scale, PART2, MT2, MS2, LS2, 
     q_base = Q + b * s_qb + h * s_qh
     k_base = K + b * s_kb + h * s_kh
     KBT: tl.constexpr = BLOCK_N // R  # key blocks per column tile
+    if FP8:  # the fp8 copies are contiguous [B, H, groups * S, D], zero past the valid tokens
+        q_desc = tl.make_tensor_descriptor(Q + bh * NQG * S * HEAD_DIM, shape=[NQG, S * HEAD_DIM],
+                                           strides=[S * HEAD_DIM, 1], block_shape=[BLOCK_M, HEAD_DIM])
+        k_desc = tl.make_tensor_descriptor(K + bh * NKG * S * HEAD_DIM, shape=[NKG, S * HEAD_DIM],
+                                           strides=[S * HEAD_DIM, 1], block_shape=[BLOCK_N, HEAD_DIM])
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -61,18 +68,29 @@ def _est_partial(Q, K, KVLEN, PART, MT, MS, LS, qk_scale, PART2, MT2, MS2, LS2, 
         mx = tl.full([BLOCK_M, BLOCK_N], float("-inf"), dtype=tl.float32)
         for c in range(S):
             # antidiagonal of each S x S sub-block: query row iS + S-1-c meets key row jS + c
-            q_rows = offs_m * S + (S - 1 - c)
-            k_rows = offs_j * S + c
-            qc = tl.load(q_base + q_rows[:, None] * s_qn + offs_d[None, :] * s_qd, mask=q_rows[:, None] < N_Q,
-                         other=0.0)
-            kc = tl.load(k_base + k_rows[None, :] * s_kn + offs_d[:, None] * s_kd, mask=k_rows[None, :] < kv_len,
-                         other=0.0)
+            if FP8:  # bulk copies: the contiguous copies seen as [N/S, S*D], so row iS + c is chunk c of row i
+                qc = q_desc.load([pid_m * BLOCK_M, (S - 1 - c) * HEAD_DIM])
+                kc = k_desc.load([t * BLOCK_N, c * HEAD_DIM]).T
+            else:
+                q_rows = offs_m * S + (S - 1 - c)
+                k_rows = offs_j * S + c
+                qc = tl.load(q_base + q_rows[:, None] * s_qn + offs_d[None, :] * s_qd,
+                             mask=q_rows[:, None] < N_Q, other=0.0)
+                kc = tl.load(k_base + k_rows[None, :] * s_kn + offs_d[:, None] * s_kd,
+                             mask=k_rows[None, :] < kv_len, other=0.0)
             if SINK:  # the same loads give each sub-block's largest antidiagonal product too
                 dc = tl.dot(qc, kc)
                 acc += dc
                 mx = tl.maximum(mx, dc)
             else:
                 acc = tl.dot(qc, kc, acc)
+        if FP8:  # one scale per strided row / column (a group of S tokens): the sums factor exactly
+            s_q = tl.load(SQ + bh * NQG + offs_m, mask=offs_m < NQG, other=1.0)
+            s_k = tl.load(SK + bh * NKG + offs_j, mask=offs_j < NKG, other=1.0)
+            s_qk = s_q[:, None] * s_k[None, :]
+            acc = acc * s_qk
+            if SINK:
+                mx = mx * s_qk  # scales are positive: the max commutes with them
         # this split's first tile holds a valid column, so m_new is finite from the first tile on
         col_ok = offs_j[None, :] < n_cols
         neg_inf = neg_inf | (tl.min(tl.where(col_ok, acc, 0.0), 1) == float("-inf"))
@@ -165,6 +183,7 @@ def strided_block_scores_triton(
     kv_len: torch.Tensor | None = None,
     scale: float | None = None,
     sink_aware: bool = False,
+    precision: str = "native",
     *,
     block_m: int | None = None,
     block_n: int | None = None,
@@ -178,7 +197,9 @@ def strided_block_scores_triton(
     stride`` must be a power of two. ``block_m`` / ``block_n`` (strided rows / columns per tile) and
     ``num_splits`` (column splits per row tile), ``num_warps`` and ``num_stages`` override the tuned
     defaults (tests and tuning sweeps use them). ``sink_aware`` adds the max-logit pass in the same loop (no
-    extra loads; see the twin) and averages the two distributions.
+    extra loads; see the twin) and averages the two distributions. ``precision="fp8"`` runs the strided GEMM
+    on e4m3 copies of q and k (one scale per S tokens, k centred: see the twin); it needs a GPU with fp8
+    tensor cores (compute capability 8.9 or newer; an older one raises ``ValueError``) or the interpreter.
     """
     b, h, n, d = q.shape
     n_k = k.shape[2]
@@ -216,6 +237,16 @@ def strided_block_scores_triton(
 
     kv = (torch.full((b,), n_k, dtype=torch.int32, device=q.device) if kv_len is None
           else kv_len.to(device=q.device, dtype=torch.int32).clamp(max=n_k).contiguous())
+    check_precision(precision, ESTIMATE_PRECISIONS)
+    fp8 = precision == "fp8"
+    scales = (kv, kv, 0, 0)  # never read without fp8
+    if fp8:
+        require_fp8_tensor_cores(q.device, "precision='fp8'")
+        q, q_scale = quantize_rows(q, stride)
+        k, k_scale = quantize_rows(k, stride, kv, center=True)
+        scales = (q_scale, k_scale, q_scale.shape[-1], k_scale.shape[-1])
+        if not interp:
+            _install_allocator()  # in-kernel descriptors
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     dev = q.device
     part = torch.empty((b * h, nqs, kb), dtype=torch.float32, device=dev)
@@ -226,9 +257,9 @@ def strided_block_scores_triton(
     sink = (torch.empty_like(part), torch.empty_like(m_tile), torch.empty_like(m_split),
             torch.empty_like(l_split)) if sink_aware else (part, m_tile, m_split, l_split)
     args = (q, k, kv, part, m_tile, m_split, l_split, scale / stride * LOG2E, *sink, scale * LOG2E,
-            *q.stride(), *k.stride(), h, n, nqs, kb, nt, num_splits, tiles_per_split)
+            *q.stride(), *k.stride(), h, n, nqs, kb, nt, num_splits, tiles_per_split, *scales)
     grid = (num_splits, n_row_tiles, b * h)
-    meta = dict(S=stride, R=r, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, SINK=bool(sink_aware))
+    meta = dict(S=stride, R=r, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, SINK=bool(sink_aware), FP8=fp8)
     if interp:
         _est_partial[grid](*args, **meta)
     else:

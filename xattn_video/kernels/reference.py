@@ -2,7 +2,10 @@
 
 One twin per fast path, with the fast path's signature (``xattn_video.backends`` pairs them):
 ``strided_block_scores_reference`` (``kernels/estimate.py``), ``select_blocks_reference``
-(``kernels/select.py``), ``block_sparse_attention_reference`` (``kernels/block_sparse_attention.py``).
+(``kernels/select.py``), ``block_sparse_attention_reference`` (``kernels/block_sparse_attention.py``),
+``quantize_rows_reference`` / ``quantize_channels_fp8_reference`` (``kernels/quantize.py``).
+``precision="fp8"`` (estimate, attention) computes on the fp8 copies, dequantized: the kernels' products
+with their fp32 accumulation, up to summation order.
 
 Shapes: q, k, v ``[B, H, N, D]``; ``kv_len`` ``[B]`` valid key lengths (keys at or past it are padding).
 """
@@ -15,7 +18,25 @@ from typing import Sequence
 import torch
 
 from ..block_mask import BlockSparseMask
-from ..config import ceil_div
+from ..config import ESTIMATE_PRECISIONS, PRECISIONS, ceil_div
+
+FP8_MAX = 448.0  # largest finite e4m3 value
+FP8 = torch.float8_e4m3fn
+ATTENTION_GROUP = 16  # tokens per q / k scale in the fp8 attention
+
+
+def fp8_key_group(block_size: int) -> int:
+    """Keys per k scale in the fp8 attention: the largest power of two <= 128 dividing the mask block (the
+    kernel's key tile, so that a tile has one scale)."""
+    group = 128
+    while group > 1 and block_size % group:
+        group //= 2
+    return group
+
+
+def padded_length(n: int) -> int:
+    """Token count of the fp8 copies: ``n`` rounded up to a multiple of 128 (the kernels' tiles)."""
+    return ceil_div(n, 128) * 128
 
 
 def antidiagonal_block_scores(attn: torch.Tensor, block_size: int, stride: int | None = None) -> torch.Tensor:
@@ -51,6 +72,7 @@ def strided_block_scores_reference(
     kv_len: torch.Tensor | None = None,
     scale: float | None = None,
     sink_aware: bool = False,
+    precision: str = "native",
 ) -> torch.Tensor:
     """XAttention's estimate: ``[B, H, QB, KB]`` float32 block scores.
 
@@ -67,12 +89,19 @@ def strided_block_scores_reference(
     (a sink). Beside the mean, the *largest* antidiagonal logit of each sub-block (scaled by ``scale``, not
     ``scale / S``) is softmaxed the same way, and the score is the average of the two distributions (row sums
     unchanged). Padded tokens count as zero vectors in both, as in the mean.
+
+    ``precision="fp8"``: q and k as e4m3 with one scale per S tokens, k centred (``kernels/quantize.py``); the
+    scores only rank blocks, so the mask is what to compare with the native one.
     """
     b, h, n, d = q.shape
     n_k = k.shape[2]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     qb, kb = ceil_div(n, block_size), ceil_div(n_k, block_size)
     kv_len = _kv_len_or_full(kv_len, b, n_k, q.device)
+    check_precision(precision, ESTIMATE_PRECISIONS)
+    if precision == "fp8":
+        q = dequantize_rows(*quantize_rows_reference(q, stride), stride)[:, :, :n]
+        k = dequantize_rows(*quantize_rows_reference(k, stride, kv_len, center=True), stride)[:, :, :n_k]
     qp = _pad_tokens(q.float(), qb * block_size)
     kp = _pad_tokens(k.float(), kb * block_size)
     key_valid = torch.arange(kb * block_size, device=q.device)[None, :] < kv_len[:, None]
@@ -181,6 +210,7 @@ def block_sparse_attention_reference(
     v: torch.Tensor,
     mask: BlockSparseMask,
     scale: float | None = None,
+    precision: str = "native",
     *,
     q_blocks_per_chunk: int = 16,
 ) -> torch.Tensor:
@@ -191,11 +221,27 @@ def block_sparse_attention_reference(
     ``F.scaled_dot_product_attention`` over the kept keys (NaN stays NaN; a row whose every kept logit is
     -inf, or that keeps no key, outputs zeros, as SDPA's fused kernels do); padded keys and skipped blocks
     never reach a row.
+
+    ``precision="fp8"``: q, k (centred) and v as e4m3 (``kernels/quantize.py``), and the softmax weights too:
+    ``exp(logit - row max)`` times 448 in e4m3 for the product with v, divided by the unrounded row sum (the
+    kernel rounds against its running max, so the two agree to fp8 rounding, not bit for bit).
     """
     b, h, n, d = q.shape
     n_k = k.shape[2]
     bs = mask.block_size
     scale = 1.0 / math.sqrt(d) if scale is None else scale
+    check_precision(precision)
+    weights = softmax_or_zero
+    if precision != "native":
+        kv = mask.kv_len.to(q.device)
+        qk_dtype = torch.int8 if precision == "int8-fp8" else FP8
+        q = dequantize_rows(*quantize_rows_reference(q, ATTENTION_GROUP, dtype=qk_dtype), ATTENTION_GROUP)[:, :, :n]
+        k_group = fp8_key_group(bs)
+        k = dequantize_rows(*quantize_rows_reference(k, k_group, kv, center=True, dtype=qk_dtype),
+                            k_group)[:, :, :n_k]
+        vt8, v_scale = quantize_channels_fp8_reference(v, kv)
+        v = (vt8.float() * v_scale[..., None]).transpose(2, 3)[:, :, :n_k]
+        weights = _fp8_softmax
     qb, kb = ceil_div(n, bs), ceil_div(n_k, bs)
     if mask.kv_indices.shape[:3] != (b, h, qb) and mask.kv_indices.shape[:3] != (b, 1, qb):
         raise ValueError(f"mask of shape {tuple(mask.kv_indices.shape)} does not fit q {tuple(q.shape)} "
@@ -221,7 +267,7 @@ def block_sparse_attention_reference(
         kg, vg = torch.where(ok, kg, 0.0), torch.where(ok, vg, 0.0)
         logits = torch.einsum("bhqid,bhqwjd->bhqiwj", qp[:, :, c0:c1], kg) * scale
         logits = logits.masked_fill(~key_ok[:, :, c0:c1, None], float("-inf")).flatten(-2)
-        out[:, :, c0:c1] = torch.einsum("bhqiw,bhqwd->bhqid", softmax_or_zero(logits), vg.flatten(3, 4))
+        out[:, :, c0:c1] = torch.einsum("bhqiw,bhqwd->bhqid", weights(logits), vg.flatten(3, 4))
     return out.flatten(2, 3)[:, :, :n].to(q.dtype)
 
 
@@ -237,6 +283,63 @@ def softmax_or_zero(logits: torch.Tensor) -> torch.Tensor:
     """
     no_finite = logits.amax(-1, keepdim=True) == float("-inf")  # NaN rows: amax is NaN, not -inf
     return torch.where(no_finite, 0.0, logits.softmax(-1))  # torch's softmax: the same numbers as before
+
+
+def _fp8_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """``softmax_or_zero`` with the numerators rounded as the fp8 kernel multiplies them with v."""
+    m = logits.amax(-1, keepdim=True)
+    e = torch.exp(logits - torch.where(m == float("-inf"), 0.0, m))
+    rounded = (e * FP8_MAX).to(FP8).float() / FP8_MAX
+    total = e.sum(-1, keepdim=True)
+    return rounded / torch.where(total > 0, total, 1.0)
+
+
+def check_precision(precision: str, accepted: tuple[str, ...] = PRECISIONS) -> None:
+    """Raise ``ValueError`` unless ``precision`` is one of ``accepted``."""
+    if precision not in accepted:
+        raise ValueError(f"precision={precision!r} is not one of {accepted}")
+
+
+def quantize_rows_reference(
+    x: torch.Tensor, group: int, kv_len: torch.Tensor | None = None, center: bool = False,
+    dtype: torch.dtype = FP8,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Twin of ``quantize.quantize_rows``: ``dtype`` ``[B, H, N_pad, D]`` and one scale per ``group`` tokens."""
+    b, h, n, d = x.shape
+    n_pad = padded_length(n)
+    kv_len = _kv_len_or_full(kv_len, b, n, x.device).clamp(max=n)
+    xf = x.float()
+    if center:
+        xf = xf - x.mean(dim=2, keepdim=True, dtype=torch.float32)
+    ok = (torch.arange(n_pad, device=x.device)[None, :] < kv_len[:, None])[:, None, :, None]
+    xg = torch.where(ok, _pad_tokens(xf, n_pad), 0.0).unflatten(2, (n_pad // group, group))
+    bad = (~torch.isfinite(xg)).flatten(3).any(-1)
+    amax = xg.abs().flatten(3).amax(-1)
+    scale = torch.where(amax > 0, amax / (127.0 if dtype == torch.int8 else FP8_MAX), 1.0)
+    scale = torch.where(bad, float("nan"), scale)
+    y = (xg / scale[..., None, None]).flatten(2, 3)
+    return (y.round().nan_to_num(0.0).to(torch.int8) if dtype == torch.int8 else y.to(FP8)), scale
+
+
+def dequantize_rows(x8: torch.Tensor, scale: torch.Tensor, group: int) -> torch.Tensor:
+    """``x8 * scale`` per group of tokens, float32 ``[B, H, N_pad, D]``."""
+    return x8.float() * scale.repeat_interleave(group, dim=2)[..., None]
+
+
+def quantize_channels_fp8_reference(
+    v: torch.Tensor, kv_len: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Twin of ``quantize.quantize_channels_fp8``: e4m3 ``[B, H, D, N_pad]`` and one scale per channel."""
+    b, h, n, d = v.shape
+    n_pad = padded_length(n)
+    kv_len = _kv_len_or_full(kv_len, b, n, v.device).clamp(max=n)
+    ok = (torch.arange(n_pad, device=v.device)[None, :] < kv_len[:, None])[:, None, :, None]
+    vf = torch.where(ok, _pad_tokens(v.float(), n_pad), 0.0)
+    bad = (~torch.isfinite(vf)).any(2)
+    amax = vf.abs().amax(2)
+    scale = torch.where(amax > 0, amax / FP8_MAX, 1.0)
+    scale = torch.where(bad, float("nan"), scale)
+    return (vf / scale[:, :, None, :]).transpose(2, 3).contiguous().to(FP8), scale
 
 
 def _kv_len_or_full(kv_len: torch.Tensor | None, b: int, n_k: int, device: torch.device) -> torch.Tensor:
