@@ -250,11 +250,17 @@ def _use_tma(x: torch.Tensor) -> bool:
             logger.warning("xattn_video: TMA descriptors unavailable (%s); using plain loads (slower)", _TMA["why"])
     if _TMA["why"] or not _tma_layout_ok(x):
         return False
-    _install_allocator()
+    install_tma_allocator()
     return True
 
 
-def _install_allocator() -> None:
+def install_tma_allocator() -> None:
+    """Give Triton the scratch allocator that in-kernel TMA descriptors need (once per process).
+
+    Example::
+
+        install_tma_allocator()   # before a launch that builds tl.make_tensor_descriptor on the GPU
+    """
     if not _TMA["allocator"]:
         # in-kernel descriptors need a small global scratch buffer per launch
         triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
@@ -283,7 +289,7 @@ def _launch_fp8(args: tuple, n: int, bh: int, bs: int, d: int, tile: int, k_grou
     if bs % cfg["BLOCK_M"] or bs % cfg["BLOCK_N"]:
         raise ValueError(f"launch {cfg} does not tile mask blocks of {bs}; accepted: BLOCK_M and BLOCK_N dividing it")
     if cfg["USE_TMA"]:
-        _install_allocator()
+        install_tma_allocator()
     _bsa_fwd[(ceil_div(n, cfg["BLOCK_M"]), bh)](*args, BS=bs, HEAD_DIM=d, FP8=True, Q_GROUP=ATTENTION_GROUP,
                                                 K_GROUP=k_group, **cfg)
 
@@ -376,7 +382,7 @@ def block_sparse_attention_triton(
     elif launch is not None:
         cfg = dict(launch)
         if cfg.get("USE_TMA"):
-            _install_allocator()
+            install_tma_allocator()
         _bsa_fwd[(ceil_div(n, cfg["BLOCK_M"]), b * h)](*args, BS=bs, HEAD_DIM=d, **cfg)
     else:
         grid = lambda meta: (ceil_div(n, meta["BLOCK_M"]), b * h)  # noqa: E731

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from ..config import ceil_div
-from .block_sparse_attention import DTYPES, LOG2E, _install_allocator, check_interpreter, interpreting
+from .block_sparse_attention import DTYPES, LOG2E, install_tma_allocator, check_interpreter, interpreting
 from .quantize import quantize_rows, require_fp8_tensor_cores
 from .reference import ESTIMATE_PRECISIONS, check_precision
 
@@ -246,7 +246,7 @@ def strided_block_scores_triton(
         k, k_scale = quantize_rows(k, stride, kv, center=True)
         scales = (q_scale, k_scale, q_scale.shape[-1], k_scale.shape[-1])
         if not interp:
-            _install_allocator()  # in-kernel descriptors
+            install_tma_allocator()  # in-kernel descriptors
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     dev = q.device
     part = torch.empty((b * h, nqs, kb), dtype=torch.float32, device=dev)
