@@ -169,16 +169,19 @@ def build_precision_methods(stride: int) -> list[Method]:
 
     preset = {k: v for k, v in asdict(load_config("proxy_64x64_calibrated_d030").op).items()
               if k not in ("block_size", "precision", "estimate_precision")}
-    methods = []
-    for attention, estimate in PRECISIONS:
-        arith = {"precision": attention, "estimate_precision": estimate}
-        tag = f" attention {attention}, estimate {estimate}"
-        for d in DENSITIES:
-            methods.append(Method(f"XAttention tau=0.95 cap={d}{tag}", "xattention cap precision",
-                                  {"threshold": 0.95, "stride": stride, "max_density": d, **arith}, target=d,
-                                  params=arith))
-        methods.append(Method(f"preset proxy_64x64_calibrated_d030{tag}", "xattention calibrated precision",
-                              {**preset, **arith}, target=0.3, params=arith))
+    methods = []  # density 0.3 first in every arithmetic, then the preset, then 0.15 (a budget cuts the tail)
+    for kind in ("cap 0.3", "preset", "cap 0.15"):
+        for attention, estimate in PRECISIONS:
+            arith = {"precision": attention, "estimate_precision": estimate}
+            tag = f" attention {attention}, estimate {estimate}"
+            if kind == "preset":
+                methods.append(Method(f"preset proxy_64x64_calibrated_d030{tag}", "xattention calibrated precision",
+                                      {**preset, **arith}, target=0.3, params=arith))
+            else:
+                d = float(kind.split()[1])
+                methods.append(Method(f"XAttention tau=0.95 cap={d}{tag}", "xattention cap precision",
+                                      {"threshold": 0.95, "stride": stride, "max_density": d, **arith}, target=d,
+                                      params=arith))
     return methods
 
 
