@@ -49,19 +49,23 @@ def to_e4m3(x, EXACT: tl.constexpr):
 
 
 @triton.jit
+def _row_tile(X, KVLEN, s_xb, s_xh, s_xn, s_xd, H, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """This program's ROWS tokens of its (batch, head) as float32 ``[ROWS, HEAD_DIM]``, zero at or past kv_len;
+    with the valid mask, the (batch * H + head) index, the token and the channel offsets."""
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    d = tl.arange(0, HEAD_DIM)
+    ok = rows[:, None] < tl.load(KVLEN + b)
+    x = tl.load(X + b * s_xb + (bh % H) * s_xh + rows[:, None] * s_xn + d[None, :] * s_xd, mask=ok, other=0.0)
+    return x.to(tl.float32), ok, bh, rows, d
+
+
+@triton.jit
 def _quant_rows(X, MEAN, KVLEN, Y, SC, s_xb, s_xh, s_xn, s_xd, H, N_PAD,
                 GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, ROWS: tl.constexpr, CENTER: tl.constexpr,
                 INT8: tl.constexpr, EXACT: tl.constexpr):
-    pid = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    b = bh // H
-    h = bh % H
-    valid = tl.load(KVLEN + b)
-    rows = pid * ROWS + tl.arange(0, ROWS)
-    d = tl.arange(0, HEAD_DIM)
-    ok = rows[:, None] < valid
-    x = tl.load(X + b * s_xb + h * s_xh + rows[:, None] * s_xn + d[None, :] * s_xd, mask=ok, other=0.0)
-    x = x.to(tl.float32)
+    x, ok, bh, rows, d = _row_tile(X, KVLEN, s_xb, s_xh, s_xn, s_xd, H, ROWS, HEAD_DIM)
     if CENTER:
         x = tl.where(ok, x - tl.load(MEAN + bh * HEAD_DIM + d)[None, :], 0.0)
     xg = tl.reshape(x, [ROWS // GROUP, GROUP * HEAD_DIM])
@@ -75,7 +79,7 @@ def _quant_rows(X, MEAN, KVLEN, Y, SC, s_xb, s_xh, s_xn, s_xd, H, N_PAD,
         y = to_e4m3(xg / scale[:, None], EXACT)
     y = tl.reshape(y, [ROWS, HEAD_DIM])
     tl.store(Y + (bh * N_PAD + rows[:, None]) * HEAD_DIM + d[None, :], y)
-    groups = pid * (ROWS // GROUP) + tl.arange(0, ROWS // GROUP)
+    groups = tl.program_id(0) * (ROWS // GROUP) + tl.arange(0, ROWS // GROUP)
     tl.store(SC + bh * (N_PAD // GROUP) + groups, scale)
 
 
@@ -125,32 +129,17 @@ def quantize_rows(
 @triton.jit
 def _absmax_channels(X, KVLEN, PART, s_xb, s_xh, s_xn, s_xd, H, N_CHUNKS,
                      HEAD_DIM: tl.constexpr, ROWS: tl.constexpr):
-    pid = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    b = bh // H
-    h = bh % H
-    rows = pid * ROWS + tl.arange(0, ROWS)
-    d = tl.arange(0, HEAD_DIM)
-    ok = rows[:, None] < tl.load(KVLEN + b)
-    x = tl.load(X + b * s_xb + h * s_xh + rows[:, None] * s_xn + d[None, :] * s_xd, mask=ok, other=0.0)
-    x = x.to(tl.float32)
+    x, _, bh, _, d = _row_tile(X, KVLEN, s_xb, s_xh, s_xn, s_xd, H, ROWS, HEAD_DIM)
     bad = tl.sum(((x != x) | (tl.abs(x) == float("inf"))).to(tl.int32), 0) > 0
     amax = tl.where(bad, float("nan"), tl.max(tl.abs(x), 0))  # a GPU max drops NaN: carry it explicitly
-    tl.store(PART + (bh * N_CHUNKS + pid) * HEAD_DIM + d, amax)
+    tl.store(PART + (bh * N_CHUNKS + tl.program_id(0)) * HEAD_DIM + d, amax)
 
 
 @triton.jit
 def _quant_channels_t(X, KVLEN, SC, Y, s_xb, s_xh, s_xn, s_xd, H, N_PAD,
                       HEAD_DIM: tl.constexpr, ROWS: tl.constexpr, EXACT: tl.constexpr):
-    pid = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    b = bh // H
-    h = bh % H
-    rows = pid * ROWS + tl.arange(0, ROWS)
-    d = tl.arange(0, HEAD_DIM)
-    ok = rows[:, None] < tl.load(KVLEN + b)
-    x = tl.load(X + b * s_xb + h * s_xh + rows[:, None] * s_xn + d[None, :] * s_xd, mask=ok, other=0.0)
-    y = to_e4m3(x.to(tl.float32) / tl.load(SC + bh * HEAD_DIM + d)[None, :], EXACT)
+    x, _, bh, rows, d = _row_tile(X, KVLEN, s_xb, s_xh, s_xn, s_xd, H, ROWS, HEAD_DIM)
+    y = to_e4m3(x / tl.load(SC + bh * HEAD_DIM + d)[None, :], EXACT)
     tl.store(Y + (bh * HEAD_DIM + d[None, :]) * N_PAD + rows[:, None], y)  # transposed: [D, N_pad]
 
 
