@@ -4,8 +4,8 @@ One twin per fast path, with the fast path's signature (``xattn_video.backends``
 ``strided_block_scores_reference`` (``kernels/estimate.py``), ``select_blocks_reference``
 (``kernels/select.py``), ``block_sparse_attention_reference`` (``kernels/block_sparse_attention.py``),
 ``quantize_rows_reference`` / ``quantize_channels_fp8_reference`` (``kernels/quantize.py``).
-``precision="fp8"`` (estimate, attention) computes on the fp8 copies, dequantized: the kernels' products
-with their fp32 accumulation, up to summation order.
+``precision`` "fp8" / "int8-fp8" (the estimate: "fp8") computes on the 8-bit copies, dequantized: the
+kernels' products with fp32 accumulation, up to summation order (the GPU's fp8 tensor cores accumulate in less).
 
 Shapes: q, k, v ``[B, H, N, D]``; ``kv_len`` ``[B]`` valid key lengths (keys at or past it are padding).
 """
