@@ -66,7 +66,7 @@ def main() -> None:
         launch = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, USE_TMA=tma, WARP_SPECIALIZE=ws,
                       PREFETCH=prefetch)
         try:
-            fn = lambda: block_sparse_attention_triton(q, k, v, mask, args.precision, launch=launch)  # noqa: E731
+            fn = lambda: block_sparse_attention_triton(q, k, v, mask, precision=args.precision, launch=launch)  # noqa: E731
             err = float((fn().float() - base.float()).abs().max())
             ms = triton.testing.do_bench(fn, warmup=50, rep=500, return_mode="median")
             print(f"{launch}: {ms:.2f} ms {flops / ms / 1e9:.0f} TFLOPS, {native_ms / ms:.2f}x native (max diff "
