@@ -41,10 +41,10 @@ from ..block_mask import BlockSparseMask
 
 @triton.jit
 def _select_row(S, TAU, KVLEN, IDX, CNT,
-                       s_sb, s_sh, s_sq, s_sk, H, QB, KB, tau_stride,
-                       block_size, q_len, global_start, max_density,
-                       KB_P2: tl.constexpr, N_BITS: tl.constexpr, FX: tl.constexpr, UNFX: tl.constexpr,
-                       KEEP_DIAG: tl.constexpr, HAS_GLOBAL: tl.constexpr, HAS_BUDGET: tl.constexpr):
+                s_sb, s_sh, s_sq, s_sk, H, QB, KB, tau_stride,
+                block_size, q_len, global_start, max_density,
+                KB_P2: tl.constexpr, N_BITS: tl.constexpr, FX: tl.constexpr, UNFX: tl.constexpr,
+                KEEP_DIAG: tl.constexpr, HAS_GLOBAL: tl.constexpr, HAS_BUDGET: tl.constexpr):
     row = tl.program_id(0)
     qb = row % QB
     bh = row // QB
@@ -181,12 +181,13 @@ def select_blocks_triton(
     cnt = torch.empty(b, h, qb, dtype=torch.int32, device=scores.device)
     has_global = global_start is not None
     kb_p2 = triton.next_power_of_2(kb)
-    args = (scores, tau, kv_len, idx, cnt, *scores.stride(), h, qb, kb, 1 if tau.numel() > 1 else 0,
-            block_size, q_len, global_start if has_global else 0, float(max_density or 1.0))
-    flags = dict(KEEP_DIAG=keep_diagonal, HAS_GLOBAL=has_global, HAS_BUDGET=max_density is not None)
     n_bits = kb_p2.bit_length()  # room for a count up to kb_p2
     # few warps: the loop is a chain of row sums, cheaper with fewer warps to combine (H200, 720p, the kernel
     # alone: 0.41 ms at 2 warps, 0.37 at 4, 0.69 at 1; with the budget 0.51, 0.57, 0.99)
-    _select_row[(b * h * qb,)](*args, KB_P2=kb_p2, N_BITS=n_bits, FX=2.0 ** (62 - n_bits),
-                                      UNFX=2.0 ** (n_bits - 62), **flags, num_warps=min(8, max(1, kb_p2 // 512)))
+    _select_row[(b * h * qb,)](
+        scores, tau, kv_len, idx, cnt, *scores.stride(), h, qb, kb, 1 if tau.numel() > 1 else 0,
+        block_size, q_len, global_start if has_global else 0, float(max_density or 1.0),
+        KB_P2=kb_p2, N_BITS=n_bits, FX=2.0 ** (62 - n_bits), UNFX=2.0 ** (n_bits - 62), KEEP_DIAG=keep_diagonal,
+        HAS_GLOBAL=has_global, HAS_BUDGET=max_density is not None, num_warps=min(8, max(1, kb_p2 // 512)),
+    )
     return BlockSparseMask(idx, cnt, block_size, q_len, kv_len.to(torch.long))
