@@ -150,14 +150,6 @@ def gpu_checks() -> list[dict]:
             results.append(dict(check="attention", dtype=str(dtype), bs=bs, n=n, d=d, max_abs_err=err, rel_err=rel))
             if not (rel < 1e-2 and torch.isfinite(out).all()):
                 raise AssertionError(f"attention mismatch {results[-1]}")
-            for remainder in ("pooled", "mass"):
-                pooled = block_sparse_attention_triton(q, k, v, mask, remainder=remainder)
-                twin = block_sparse_attention_reference(q, k, v, mask, remainder=remainder)
-                rel = float((pooled.float() - twin.float()).norm() / twin.float().norm())
-                results.append(dict(check=f"attention remainder {remainder}", dtype=str(dtype), bs=bs, n=n, d=d,
-                                    rel_err=rel))
-                if not (rel < 1e-2 and torch.isfinite(pooled).all()):
-                    raise AssertionError(f"attention mismatch {results[-1]}")
             for precision in LOW_PRECISIONS if bs % 64 == 0 else ():  # against the twin's same rounding
                 low = block_sparse_attention_triton(q, k, v, mask, precision=precision)
                 twin = block_sparse_attention_reference(q, k, v, mask, precision=precision)
@@ -283,9 +275,6 @@ def run_size(name: str, quick: bool, flex_fn, rows: list[dict]) -> None:
             low[precision] = dict(ms=ms, tflops=flops_dense * dens / ms / 1e9, x_native=ours_ms / ms,
                                   cos_vs_native=float(F.cosine_similarity(o.flatten(), out.float().flatten(), 0)))
             del o
-        # the skipped blocks' mass kept in the row sum (remainder "mass") on the same mask: its cost
-        mass_ms = bench(lambda: block_sparse_attention_triton(qq, kk, vv, mask, remainder="mass"), quick)
-        low["remainder mass"] = dict(ms=mass_ms, cost_pct=100.0 * (mass_ms / ours_ms - 1.0))
         if tau is not None:  # the fp8 estimate: its cost and how its mask compares
             def est8():
                 return estimate_mask(sq, sk, block_size=BS, stride=STRIDE, threshold=tau, kv_len=s_kv,
@@ -325,8 +314,7 @@ def run_size(name: str, quick: bool, flex_fn, rows: list[dict]) -> None:
 def low_precision_table(rows: list[dict]) -> str:
     """The 8-bit rows: attention time and closeness to the native output; the fp8 estimate's cost and mask."""
     lines = ["| size | mask | density | native ms | int8-fp8 ms (x native, cosine) | fp8 ms (x native, cosine) | "
-             "est + select native ms | est + select fp8 ms | fp8 mask density / Jaccard | remainder mass ms "
-             "(cost) |", "|" + "---|" * 10]
+             "est + select native ms | est + select fp8 ms | fp8 mask density / Jaccard |", "|" + "---|" * 9]
     for r in rows:
         lo = r.get("low_precision", {})
         cells = [f"{lo[p]['ms']:.2f} ({lo[p]['x_native']:.2f}x, {lo[p]['cos_vs_native']:.5f})" if p in lo else "–"
@@ -334,9 +322,7 @@ def low_precision_table(rows: list[dict]) -> str:
         e = lo.get("estimate fp8")
         lines.append(f"| {r['size']} | {r['mask']} | {r['density']:.3f} | {r['ours_ms']:.2f} | {cells[0]} | {cells[1]} | "
                      f"{r['estimate_select_ms']:.2f} | {e['select_ms'] if e else float('nan'):.2f} | "
-                     + (f"{e['density']:.3f} / {e['jaccard_vs_native']:.3f} |" if e else "– |")
-                     + (f" {lo['remainder mass']['ms']:.2f} (+{lo['remainder mass']['cost_pct']:.1f}%) |"
-                        if "remainder mass" in lo else " – |"))
+                     + (f"{e['density']:.3f} / {e['jaccard_vs_native']:.3f} |" if e else "– |"))
     return "\n".join(lines)
 
 

@@ -14,9 +14,9 @@ block-sparse kernel; only the block masks differ:
 - with ``--precisions``: the attention's and the estimate's arithmetic (native, int8 / fp8, fp8; FP8 needs a
   GPU, the CPU computes the same rounding in the reference);
 - the quality levers (at the first warmup only), each at density 0.3 and 0.15: the 3D-tile token order, the
-  sink-aware estimate, what becomes of the skipped blocks (``remainder``: pooled or mass), per-head thresholds
-  calibrated on *training* captions for that density (``xattn_video.calibrate``; by kept mass and by output
-  error), alone, with the sink-aware estimate and with the pooled remainder, and mask reuse for 2 / 3 / 4 steps.
+  sink-aware estimate, per-head thresholds calibrated on *training* captions for that density
+  (``xattn_video.calibrate``; by kept mass and by output error), alone and with the sink-aware estimate, and
+  mask reuse for 2 / 3 / 4 steps.
 
 Per run: PSNR and SSIM of every video against its dense reference (mean over videos), the caption-following
 rate, the density after warmup, the attention time per step (CUDA events around each attention call, the
@@ -28,6 +28,7 @@ keeps what finished), then a Markdown table and a Pareto plot (density -> PSNR).
                                         # the levers beside plain XAttention, calibrating from saved profiles
     python benchmarks/bench_quality.py --precisions --warmups 0.1 --out $OUT/precision
                                         # capped XAttention and the calibrated preset in fp8 / int8 arithmetic
+    python benchmarks/bench_quality.py --levers-only --only 'cap=0\.3' --out $OUT/q   # some methods only
     python benchmarks/bench_quality.py --toy --out /tmp/quality     # CPU smoke test of this script
 """
 
@@ -107,8 +108,7 @@ def build_methods(layout: VideoLayout, block: int, text: int, valid_text: int, t
 
 
 LEVERS = {"": {}, " +tile": {"token_order": "tile"}, " +sink": {"sink_aware": True},
-          " +tile+sink": {"token_order": "tile", "sink_aware": True}, " +pooled": {"remainder": "pooled"},
-          " +mass": {"remainder": "mass"}, " +sink+mass": {"sink_aware": True, "remainder": "mass"}}
+          " +tile+sink": {"token_order": "tile", "sink_aware": True}}
 
 
 def build_lever_methods(pipe: Any, captions: list[str], size: dict, steps: int, warmup: int, block: int,
@@ -147,12 +147,10 @@ def build_lever_methods(pipe: Any, captions: list[str], size: dict, steps: int, 
                       f"{summary['mass']:.3f}, error {summary['error']:.3f} (single tau {summary['single_tau']}: "
                       f"{summary['single_tau_density']:.3f}, {summary['single_tau_mass']:.3f}, "
                       f"{summary['single_tau_error']:.3f})", flush=True)
-                for remainder in ("drop", "mass"):  # the same table, the skipped blocks dropped or their mass kept
-                    tail = "" if remainder == "drop" else f" +{remainder}"
-                    methods.append(Method(f"XAttention calibrated by {by} @{d}{name}{tail}",
-                                          f"xattention calibrated by {by}{name}{tail}",
-                                          {"threshold": table, "stride": stride, **lever, "remainder": remainder},
-                                          target=d, params={"profile": summary}, first_warmup_only=True))
+                methods.append(Method(f"XAttention calibrated by {by} @{d}{name}",
+                                      f"xattention calibrated by {by}{name}",
+                                      {"threshold": table, "stride": stride, **lever}, target=d,
+                                      params={"profile": summary}, first_warmup_only=True))
     for reuse in (2, 3, 4):
         methods.append(Method(f"XAttention tau=0.95 cap=0.3 reuse={reuse}", "xattention cap reuse",
                               {"threshold": 0.95, "stride": stride, "max_density": 0.3, "mask_reuse_steps": reuse},
@@ -272,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profiles", type=Path, default=None,
                     help="calibrate from the profiles an earlier run saved in this folder (same model, size, "
                     "captions) instead of profiling again")
+    ap.add_argument("--block-size", type=int, default=None, help="the masks' block size (default 128; --toy: 32)")
     ap.add_argument("--only", default=None, help="run only the methods whose name matches this regular expression")
     ap.add_argument("--precisions", action="store_true",
                     help="only capped XAttention and the calibrated preset, in each arithmetic (native, int8 / "
@@ -296,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     size = {"frames": 5, "height": 32, "width": 32} if args.toy else {"frames": 17, "height": 64, "width": 64}
     if args.size is not None:
         size = {"frames": frames, "height": height, "width": width}
-    block = 32 if args.toy else 128
+    block = args.block_size or (32 if args.toy else 128)
     steps = 3 if args.toy else args.steps
     layout = VideoLayout(size["frames"], size["height"] // 2, size["width"] // 2)
     _, held = caption_split()

@@ -1,7 +1,7 @@
 """Block selection at HunyuanVideo sizes (GPU): the Triton kernel vs the PyTorch version, whether their masks
 agree, and the estimate it follows (native and fp8 scores).
 
-    python benchmarks/bench_select.py [--sizes 544p,720p]
+    python benchmarks/bench_select.py [--sizes 544p,720p] [--block-size 128]
 
 "rows != CPU ref" counts the (head, query block) rows whose kept blocks differ from the PyTorch version run on
 the CPU, whose prefix sums are exact before their one rounding to float32 (``cumsum`` adds in float64 there),
@@ -47,7 +47,9 @@ def dense_cudnn_ms(q, k, kv_n: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="544p,720p")
+    ap.add_argument("--block-size", type=int, default=128, help="the mask's block size (stride 16)")
     args = ap.parse_args()
+    bs = args.block_size
     print("| size | setting | torch select ms | triton select ms | rows != CPU ref (torch / triton) | scores ms "
           "(native / fp8) | est + select ms (native / fp8) | % of a dense cuDNN layer (native / fp8) |")
     print("|---|---|---|---|---|---|---|---|")
@@ -57,11 +59,11 @@ def main() -> None:
         n_video = t * h * w
         dense_ms = dense_cudnn_ms(q, k, int(kv_len[0]))
         print(f"{size}: dense cuDNN layer (24 heads x 128, {q.shape[2]} tokens) {dense_ms:.2f} ms", flush=True)
-        scores_ms = {p: triton.testing.do_bench(lambda: block_scores(q, k, 128, 16, kv_len, "triton", precision=p),
+        scores_ms = {p: triton.testing.do_bench(lambda: block_scores(q, k, bs, 16, kv_len, "triton", precision=p),
                                                 rep=200, return_mode="median") for p in ("native", "fp8")}
-        scores = block_scores(q, k, 128, 16, kv_len, "triton")
+        scores = block_scores(q, k, bs, 16, kv_len, "triton")
         for label, kw in (("tau 0.9", dict(max_density=None)), ("tau 0.9, max_density 0.3", dict(max_density=0.3))):
-            kwargs = dict(block_size=128, q_len=q.shape[2], kv_len=kv_len, keep_diagonal=True,
+            kwargs = dict(block_size=bs, q_len=q.shape[2], kv_len=kv_len, keep_diagonal=True,
                           global_start=n_video, **kw)
             tau = torch.tensor([0.9])
             cpu = select_blocks(scores.cpu(), 0.9, **{**kwargs, "kv_len": kv_len.cpu()})
@@ -72,7 +74,7 @@ def main() -> None:
             triton_ms = triton.testing.do_bench(lambda: select_blocks_triton(scores, tau, **kwargs), rep=200,
                                                 return_mode="median")
             total = {p: triton.testing.do_bench(
-                lambda: estimate_mask(q, k, block_size=128, stride=16, threshold=0.9, kv_len=kv_len, keep_diagonal=True,
+                lambda: estimate_mask(q, k, block_size=bs, stride=16, threshold=0.9, kv_len=kv_len, keep_diagonal=True,
                                       global_start=n_video, backend="triton", precision=p, **kw),
                 rep=200, return_mode="median") for p in ("native", "fp8")}
             print(f"| {size} | {label} | {torch_ms:.3f} | {triton_ms:.3f} | {off[0]} / {off[1]} of "

@@ -55,6 +55,11 @@ ROWS = [  # name, config (None = stock processor)
     ("xattn max_density=0.3, per-head table", dict(max_density=0.3)),  # the table: per_head_table(model)
     ("xattn max_density=0.3, sink-aware", dict(threshold=0.9, max_density=0.3, sink_aware=True)),
     ("xattn tau=0.9, dense_above=0.6", dict(threshold=0.9, dense_above=0.6)),
+    # 8-bit arithmetic (int8 Q.K^T, fp8 P.V, fp8 estimate) on the recommended preset's selection
+    ("xattn max_density=0.3, 8-bit", dict(threshold=0.9, max_density=0.3, precision="int8-fp8",
+                                          estimate_precision="fp8")),
+    ("xattn max_density=0.3, 8-bit, mask reused", dict(threshold=0.9, max_density=0.3, precision="int8-fp8",
+                                                       estimate_precision="fp8", mask_reuse_steps=2)),
     ("xattn tau=0.95", dict(threshold=0.95)),
     ("xattn tau=0.9", dict(threshold=0.9)),
 ]

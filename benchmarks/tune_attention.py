@@ -2,6 +2,7 @@
 
     python benchmarks/tune_attention.py [--density 0.3]
     python benchmarks/tune_attention.py --precision int8-fp8     # the 8-bit launches, against native bf16
+    python benchmarks/tune_attention.py --block-size 64           # finer mask blocks (launches that tile them)
 """
 
 from __future__ import annotations
@@ -40,21 +41,24 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--density", type=float, default=0.3)
     ap.add_argument("--n", type=int, default=119_056)
+    ap.add_argument("--block-size", type=int, default=128, help="the mask's block size (OpConfig.block_size)")
     ap.add_argument("--precision", default="native", choices=("native", "fp8", "int8-fp8"),
                     help="the kernel's arithmetic (OpConfig.precision); 8 bits are timed against native bf16")
     args = ap.parse_args()
     n, h, d = args.n, 24, 128
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(1, h, n, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
-    qb = -(-n // 128)
+    bs = args.block_size
+    qb = -(-n // bs)
     keep = (torch.rand(1, h, qb, qb, device="cuda", generator=g) < args.density)
     keep |= torch.eye(qb, dtype=torch.bool, device="cuda")
-    mask = BlockSparseMask.from_dense(keep, 128, n, torch.tensor([n - 216], device="cuda"))
+    mask = BlockSparseMask.from_dense(keep, bs, n, torch.tensor([n - 216], device="cuda"))
     flops = 4.0 * n * n * d * h * mask.density()
     base = block_sparse_attention_triton(q, k, v, mask)
     ms = triton.testing.do_bench(lambda: block_sparse_attention_triton(q, k, v, mask), warmup=50, rep=500,
                                  return_mode="median")
-    print(f"autotuned default (native): {ms:.2f} ms {flops / ms / 1e9:.0f} TFLOPS", flush=True)
+    print(f"block {bs}, density {mask.density():.3f}: autotuned default (native): {ms:.2f} ms "
+          f"{flops / ms / 1e9:.0f} TFLOPS", flush=True)
     native_ms, low = ms, args.precision != "native"
     if low:
         base = block_sparse_attention_triton(q, k, v, mask, precision=args.precision)
@@ -63,6 +67,8 @@ def main() -> None:
         print(f"{args.precision} default: {ms:.2f} ms {flops / ms / 1e9:.0f} TFLOPS, {native_ms / ms:.2f}x native",
               flush=True)
     for bm, bn, warps, stages, tma, ws, prefetch in LOW_PRECISION_VARIANTS if low else VARIANTS:
+        if bs % bm or bs % bn:
+            continue  # a program's tiles must lie in one mask block
         launch = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, USE_TMA=tma, WARP_SPECIALIZE=ws,
                       PREFETCH=prefetch)
         try:

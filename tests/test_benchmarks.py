@@ -108,15 +108,17 @@ def test_bench_quality_toy_smoke(tmp_path):
     assert abs(random_row["density"] - 0.3) < 0.05, "the random floor is sized to its target"
     assert (tmp_path / "quality_pareto.png").stat().st_size > 0
     assert "| method |" in (tmp_path / "quality.md").read_text()
-    # the levers alone, calibrated from the profile just saved (no profiling run): the same calibrated rows
+    # the levers alone, calibrated from the profile just saved (no profiling run), some methods only: the same
+    # calibrated rows
     again = tmp_path / "again"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_quality.py"), "--toy", "--levers-only",
-                           "--profiles", str(tmp_path), "--out", str(again)], capture_output=True, text=True,
-                          timeout=600)
+                           "--profiles", str(tmp_path), "--only", r"calibrated|cap=0\.3$", "--out", str(again)],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads((again / "quality.json").read_text())["rows"]
-    assert {r["family"] for r in rows} >= {"xattention cap", "xattention calibrated by error"}
-    assert not {"STA (3D window)", "random", "xattention"} & {r["family"] for r in rows}
+    assert {r["family"] for r in rows} == {"xattention cap", "xattention calibrated by mass",
+                                           "xattention calibrated by error"}
+    assert [r["method"] for r in rows if r["family"] == "xattention cap"] == ["XAttention tau=0.95 cap=0.3"]
     first = {r["method"]: r["psnr"] for r in result["rows"]}
     assert all(first[r["method"]] == r["psnr"] for r in rows if "calibrated" in r["method"])
 

@@ -56,11 +56,11 @@ def validate_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: torc
 
 def block_sparse_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockSparseMask, backend: str,
-    scale: float | None = None, precision: str = "native", remainder: str = "drop",
+    scale: float | None = None, precision: str = "native",
 ) -> torch.Tensor:
     """Attention over the blocks of ``mask`` (keys past ``mask.kv_len`` excluded) on one backend;
-    ``precision``: "native", "fp8" or "int8-fp8"; ``remainder``: "drop", "pooled" or "mass" (see ``OpConfig``)."""
-    return kernel("attend", backend)(q, k, v, mask, scale, precision, remainder)
+    ``precision``: "native", "fp8" or "int8-fp8" (see ``OpConfig``)."""
+    return kernel("attend", backend)(q, k, v, mask, scale, precision)
 
 
 def dense_attention(
@@ -132,8 +132,7 @@ def xattention(
     backend = resolve_backend(config, q)
     if mask is None:
         mask = xattention_mask(q, k, config, kv_len, layer=layer, global_start=global_start, threshold=threshold)
-    out = block_sparse_attention(q, k, v, mask, backend, 1.0 / math.sqrt(q.shape[-1]), config.precision,
-                                 config.remainder)
+    out = block_sparse_attention(q, k, v, mask, backend, 1.0 / math.sqrt(q.shape[-1]), config.precision)
     return out, mask
 
 

@@ -34,7 +34,6 @@ Threshold = Union[float, Mapping[str, Any]]
 BACKENDS = ("auto", "triton", "reference")
 PRECISIONS = ("native", "fp8", "int8-fp8")  # the sparse attention's products
 ESTIMATE_PRECISIONS = ("native", "fp8")  # the estimate's strided GEMM
-REMAINDERS = ("drop", "pooled", "mass")  # what becomes of the skipped key blocks (OpConfig.remainder)
 UNKNOWN_STEP_POLICIES = ("dense", "sparse", "error")
 FALLBACK_POLICIES = ("dense", "error")
 TOKEN_ORDERS = ("raster", "tile")
@@ -83,10 +82,6 @@ class OpConfig:
             reference computes the same rounding in float32.
         estimate_precision: the estimate's strided GEMM in "native" or "fp8" (e4m3; the scores only rank
             blocks: about 1.6x faster at 720p, masks 97% alike).
-        remainder: the skipped key blocks: "drop" (XAttention: each row's softmax is over its kept keys),
-            "pooled" (each skipped block also enters as its mean key and mean value, weighted by its number
-            of keys) or "mass" (the same weights enter the row sum only, so a row's output shrinks by the mass
-            it skips instead of renormalising it onto the kept blocks). Native precision only.
 
     Example::
 
@@ -107,7 +102,6 @@ class OpConfig:
     tile: tuple[int, int, int] | None = None
     precision: str = "native"
     estimate_precision: str = "native"
-    remainder: str = "drop"
 
     def __post_init__(self) -> None:
         _check_int(self, ("block_size", "stride"))
@@ -133,11 +127,6 @@ class OpConfig:
             raise ValueError(f"precision={self.precision!r} is not one of {PRECISIONS}")
         if self.estimate_precision not in ESTIMATE_PRECISIONS:
             raise ValueError(f"estimate_precision={self.estimate_precision!r} is not one of {ESTIMATE_PRECISIONS}")
-        if self.remainder not in REMAINDERS:
-            raise ValueError(f"remainder={self.remainder!r} is not one of {REMAINDERS}")
-        if self.remainder != "drop" and self.precision != "native":
-            raise ValueError(f"remainder={self.remainder!r} runs in native precision only, got "
-                             f"precision={self.precision!r}")
         if self.max_density is not None:
             if isinstance(self.max_density, bool) or not isinstance(self.max_density, (int, float)) \
                     or not 0.0 < float(self.max_density) <= 1.0:

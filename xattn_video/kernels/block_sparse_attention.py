@@ -23,8 +23,7 @@ import triton.language as tl
 from ..block_mask import BlockSparseMask
 from ..config import ceil_div
 from .quantize import quantize_channels_fp8, quantize_rows, require_fp8_tensor_cores, to_e4m3
-from .reference import (ATTENTION_GROUP, check_precision, check_remainder, fp8_key_group, pool_blocks,
-                        skipped_blocks)
+from .reference import ATTENTION_GROUP, check_precision, fp8_key_group
 
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (64, 128)
@@ -120,12 +119,11 @@ def _attn_tile(acc, l_i, m_i, q, k_src, v_src, start_n, kv_len, qk_scale,
 def _bsa_fwd(Q, K, V, O, IDX, CNT, KVLEN, qk_scale,
              s_qb, s_qh, s_qn, s_qd, s_kb, s_kh, s_kn, s_kd, s_vb, s_vh, s_vn, s_vd, s_ob, s_oh, s_on, s_od,
              s_ib, s_ih, s_iq, s_ik, s_cb, s_ch, s_cq,
-             H, N_Q, n_bucket, SQ, SK, SV, n_qg, n_kg, KP, VP, SKIP, LOG2N, n_kb, s_sb, s_sh,
+             H, N_Q, n_bucket, SQ, SK, SV, n_qg, n_kg,
              BS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
              USE_TMA: tl.constexpr = False, WARP_SPECIALIZE: tl.constexpr = False, PREFETCH: tl.constexpr = False,
              FP8: tl.constexpr = False, Q_GROUP: tl.constexpr = 1, K_GROUP: tl.constexpr = 1,
-             EXACT: tl.constexpr = False, QK_INT8: tl.constexpr = False, POOLED: tl.constexpr = False,
-             POOLED_VALUES: tl.constexpr = False):
+             EXACT: tl.constexpr = False, QK_INT8: tl.constexpr = False):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -181,28 +179,6 @@ def _bsa_fwd(Q, K, V, O, IDX, CNT, KVLEN, qk_scale,
             acc, l_i, m_i = _attn_tile(acc, l_i, m_i, q, k_src, v_src, last * BS + sub * BLOCK_N, kv_len,
                                        qk_scale, s_kn, s_kd, s_vn, s_vd, k_scale_src, HEAD_DIM, BLOCK_N, True,
                                        USE_TMA, FP8, K_GROUP, EXACT, QK_INT8)
-    if POOLED:  # the skipped blocks, each one key (mean key, log2 of its key count added); its mean value with
-        # POOLED_VALUES ("pooled"), else none: its weight only joins the row sum ("mass")
-        pool = pid_bh.to(tl.int64) * n_kb * HEAD_DIM
-        skip_row = SKIP + b * s_sb + h * s_sh + q_blk * n_kb
-        for j0 in range(0, n_kb, BLOCK_N):
-            offs_j = j0 + tl.arange(0, BLOCK_N)
-            in_range = offs_j < n_kb
-            kp = tl.load(KP + pool + offs_j[None, :] * HEAD_DIM + offs_d[:, None], mask=in_range[None, :], other=0.0)
-            skipped = tl.load(skip_row + offs_j, mask=in_range, other=0) != 0
-            bias = tl.where(skipped, tl.load(LOG2N + b * n_kb + offs_j, mask=in_range, other=0.0), float("-inf"))
-            s = tl.dot(q, kp) * qk_scale + bias[None, :]
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(s - m_use[:, None])
-            alpha = tl.math.exp2(m_i - m_use)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None]
-            if POOLED_VALUES:
-                vp = tl.load(VP + pool + offs_j[:, None] * HEAD_DIM + offs_d[None, :], mask=in_range[:, None],
-                             other=0.0)
-                acc = tl.dot(p.to(vp.dtype), vp, acc)
-            m_i = m_new
     # a row with no kept block (count == 0) outputs zeros, as the reference does; a NaN sum divides (the fp8
     # weights may have lost the NaN: the interpreter converts NaN to a finite e4m3)
     acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
@@ -291,9 +267,9 @@ def install_tma_allocator() -> None:
         _TMA["allocator"] = True
 
 
-def _launch_autotuned(args: tuple, grid, bs: int, d: int, k: torch.Tensor, v: torch.Tensor, pooled: dict) -> None:
+def _launch_autotuned(args: tuple, grid, bs: int, d: int, k: torch.Tensor, v: torch.Tensor) -> None:
     # no try / except: a failing TMA launch is a bug to see, not a reason to run slower from then on
-    _bsa_fwd_tuned[grid](*args, BS=bs, HEAD_DIM=d, USE_TMA=_use_tma(k) and _use_tma(v), **pooled)
+    _bsa_fwd_tuned[grid](*args, BS=bs, HEAD_DIM=d, USE_TMA=_use_tma(k) and _use_tma(v))
 
 
 def _launch_fp8(args: tuple, n: int, bh: int, bs: int, d: int, tile: int, k_group: int, on_cpu: bool,
@@ -331,15 +307,14 @@ def _tile_for(block_size: int) -> int:
 
 def block_sparse_attention_triton(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockSparseMask, scale: float | None = None,
-    precision: str = "native", remainder: str = "drop", *, launch: dict | None = None,
+    precision: str = "native", *, launch: dict | None = None,
 ) -> torch.Tensor:
     """Attention of each query block over its kept key blocks (keys past ``mask.kv_len`` excluded).
 
     q ``[B, H, N, D]``, k / v ``[B, H, N_k, D]`` (any strides); float16, bfloat16 or float32 (fp32 runs tf32
     dots on GPU); head_dim 64 or 128. Returns ``[B, H, N, D]`` in q's dtype. ``precision="fp8"``: both
     products in e4m3 on fp8 copies of q, k, v (``kernels/quantize.py``; the weights too, see the twin),
-    ``"int8-fp8"`` Q.K^T in int8 instead; the mask's block size must then be a multiple of 64.
-    ``remainder``: "drop", or the skipped blocks as their mean key (and value: "pooled"; see the twin). ``launch``
+    ``"int8-fp8"`` Q.K^T in int8 instead; the mask's block size must then be a multiple of 64. ``launch``
     (benchmarks only) fixes the launch instead of autotuning: BLOCK_M, BLOCK_N, num_warps, num_stages, USE_TMA,
     WARP_SPECIALIZE, PREFETCH.
     """
@@ -373,7 +348,6 @@ def block_sparse_attention_triton(
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     out = torch.empty((b, h, n, d), dtype=q.dtype, device=q.device)
     check_precision(precision)
-    check_remainder(remainder, precision)
     fp8 = precision != "native"
     scales = (q, q, q, 0, 0)  # never read without fp8
     if fp8:
@@ -387,18 +361,10 @@ def block_sparse_attention_triton(
         v_t, v_scale = quantize_channels_fp8(v, kv_len)
         v = v_t.transpose(2, 3)  # the [N, D] view of the transposed copy
         scales = (q_scale, k_scale, v_scale, q_scale.shape[-1], k_scale.shape[-1])
-    pooled = (q, q, q, q, 0, 0, 0)  # never read with remainder "drop"
-    if remainder != "drop":
-        n_kb = ceil_div(n_k, bs)
-        k_mean, v_mean, log_count = pool_blocks(k, v, bs, kv_len)
-        skip = skipped_blocks(mask, n_kb).to(device=q.device, dtype=torch.uint8).contiguous()
-        pooled = (k_mean.to(q.dtype).contiguous(), v_mean.to(q.dtype).contiguous(), skip,
-                  (log_count * LOG2E).contiguous(), n_kb, skip.stride(0), skip.stride(1) if skip.shape[1] > 1 else 0)
     args = (q, k, v, out, idx, cnt, kv_len, scale * LOG2E,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             idx.stride(0), s_ih, idx.stride(2), idx.stride(3), cnt.stride(0), s_ch, cnt.stride(2),
-            h, n, triton.next_power_of_2(n), *scales, *pooled)
-    flags = {"POOLED": remainder != "drop", "POOLED_VALUES": remainder == "pooled"}
+            h, n, triton.next_power_of_2(n), *scales)
     if fp8:
         launch = {"QK_INT8": qk_dtype == torch.int8, **(launch or {})}
         _launch_fp8(args, n, b * h, bs, d, tile, k_group, interp or q.device.type != "cuda", launch)
@@ -409,16 +375,16 @@ def block_sparse_attention_triton(
     if interp or q.device.type != "cuda":
         block = min(tile, 64)
         cfg = {"BLOCK_M": block, "BLOCK_N": block, **(launch or {})}
-        _bsa_fwd[(ceil_div(n, cfg["BLOCK_M"]), b * h)](*args, BS=bs, HEAD_DIM=d, **flags, **cfg)
+        _bsa_fwd[(ceil_div(n, cfg["BLOCK_M"]), b * h)](*args, BS=bs, HEAD_DIM=d, **cfg)
     elif tile < 64:
         _bsa_fwd[(ceil_div(n, tile), b * h)](*args, BS=bs, HEAD_DIM=d, BLOCK_M=tile, BLOCK_N=tile,
-                                             num_warps=4, num_stages=3, **flags)
+                                             num_warps=4, num_stages=3)
     elif launch is not None:
         cfg = dict(launch)
         if cfg.get("USE_TMA"):
             install_tma_allocator()
-        _bsa_fwd[(ceil_div(n, cfg["BLOCK_M"]), b * h)](*args, BS=bs, HEAD_DIM=d, **flags, **cfg)
+        _bsa_fwd[(ceil_div(n, cfg["BLOCK_M"]), b * h)](*args, BS=bs, HEAD_DIM=d, **cfg)
     else:
         grid = lambda meta: (ceil_div(n, meta["BLOCK_M"]), b * h)  # noqa: E731
-        _launch_autotuned(args, grid, bs, d, k, v, flags)
+        _launch_autotuned(args, grid, bs, d, k, v)
     return out

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from ..block_mask import BlockSparseMask
-from ..config import ESTIMATE_PRECISIONS, PRECISIONS, REMAINDERS, ceil_div
+from ..config import ESTIMATE_PRECISIONS, PRECISIONS, ceil_div
 
 FP8_MAX = 448.0  # largest finite e4m3 value
 FP8 = torch.float8_e4m3fn
@@ -211,7 +211,6 @@ def block_sparse_attention_reference(
     mask: BlockSparseMask,
     scale: float | None = None,
     precision: str = "native",
-    remainder: str = "drop",
     *,
     q_blocks_per_chunk: int = 16,
 ) -> torch.Tensor:
@@ -226,20 +225,12 @@ def block_sparse_attention_reference(
     ``precision="fp8"``: q, k (centred) and v as e4m3 (``kernels/quantize.py``), and the softmax weights too:
     ``exp(logit - row max)`` times 448 in e4m3 for the product with v, divided by the unrounded row sum (the
     kernel rounds against its running max, so the two agree to fp8 rounding, not bit for bit).
-
-    ``remainder``: what becomes of the skipped key blocks. "drop" (XAttention): nothing, each row's softmax
-    is over its kept keys only. "pooled": each skipped block enters the softmax as one key (its valid keys'
-    mean) with one value (their mean), weighted by its count of valid keys (``pool_blocks``): exact for blocks
-    of identical keys. "mass": the same pooled weights enter the row sum only (the skipped blocks' values
-    count as zero), so a row's output shrinks by the share of mass it skips instead of renormalising it onto
-    the kept blocks. Native precision only.
     """
     b, h, n, d = q.shape
     n_k = k.shape[2]
     bs = mask.block_size
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     check_precision(precision)
-    check_remainder(remainder, precision)
     weights = softmax_or_zero
     if precision != "native":
         kv = mask.kv_len.to(q.device)
@@ -266,11 +257,6 @@ def block_sparse_attention_reference(
     idx = torch.where(slot_valid, idx, torch.zeros_like(idx))
     key_pos = idx[..., None] * bs + torch.arange(bs, device=q.device)  # [B, H, QB, W, bs]
     key_ok = slot_valid[..., None] & (key_pos < mask.kv_len.to(q.device)[:, None, None, None, None])
-    pooled = remainder != "drop"
-    if pooled:
-        k_mean, v_mean, log_count = pool_blocks(k, v, bs, mask.kv_len)
-        skipped = skipped_blocks(mask, kb).to(q.device).expand(b, h, qb, kb)
-        pool_bias = torch.where(skipped, log_count[:, None, None, :], float("-inf"))  # empty blocks: -inf too
     out = torch.empty(b, h, qb, bs, d, dtype=torch.float32, device=q.device)
     for c0 in range(0, qb, q_blocks_per_chunk):
         c1 = min(qb, c0 + q_blocks_per_chunk)
@@ -281,49 +267,8 @@ def block_sparse_attention_reference(
         kg, vg = torch.where(ok, kg, 0.0), torch.where(ok, vg, 0.0)
         logits = torch.einsum("bhqid,bhqwjd->bhqiwj", qp[:, :, c0:c1], kg) * scale
         logits = logits.masked_fill(~key_ok[:, :, c0:c1, None], float("-inf")).flatten(-2)
-        values = vg.flatten(3, 4)  # [B, H, C, W*bs, D]
-        if pooled:  # one more "key" per skipped block, after the kept ones
-            pooled_logits = torch.einsum("bhqid,bhjd->bhqij", qp[:, :, c0:c1], k_mean) * scale
-            logits = torch.cat([logits, pooled_logits + pool_bias[:, :, c0:c1, None, :]], -1)
-            pooled_values = v_mean if remainder == "pooled" else torch.zeros_like(v_mean)
-            values = torch.cat([values, pooled_values[:, :, None].expand(-1, -1, c1 - c0, -1, -1)], -2)
-        out[:, :, c0:c1] = torch.einsum("bhqiw,bhqwd->bhqid", weights(logits), values)
+        out[:, :, c0:c1] = torch.einsum("bhqiw,bhqwd->bhqid", weights(logits), vg.flatten(3, 4))
     return out.flatten(2, 3)[:, :, :n].to(q.dtype)
-
-
-def pool_blocks(k: torch.Tensor, v: torch.Tensor, block_size: int, kv_len: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per key block, the mean of its valid keys and of their values (``[B, H, KB, D]``, float32) and the log of
-    their count (``[B, KB]``; -inf for a block of padding only): what a ``remainder`` other than "drop" attends to. Reads
-    k and v once (no padded copy); only the blocks that reach past the shortest ``kv_len`` are masked.
-
-    >>> k_mean, v_mean, log_count = pool_blocks(k, v, 128, kv_len)
-    """
-    b, h, n_k, d = k.shape
-    kb = ceil_div(n_k, block_size)
-    kv_len = kv_len.to(k.device)
-    lo = min(int(kv_len.min()), n_k) // block_size  # blocks before `lo` hold valid keys only, in every sample
-    pos = torch.arange(lo * block_size, kb * block_size, device=k.device)
-    valid = (pos[None, :] < kv_len[:, None])  # [B, (KB - lo) * bs]
-    count = torch.cat([torch.full((b, lo), float(block_size), device=k.device),
-                       valid.float().unflatten(1, (kb - lo, block_size)).sum(-1)], 1)  # [B, KB]
-
-    def mean(x: torch.Tensor) -> torch.Tensor:
-        head = x[:, :, :lo * block_size].unflatten(2, (lo, block_size)).sum(3, dtype=torch.float32)
-        tail = _pad_tokens(x[:, :, lo * block_size:].float(), (kb - lo) * block_size)
-        tail = torch.where(valid[:, None, :, None], tail, 0.0)  # padding may hold anything, NaN included
-        summed = torch.cat([head, tail.unflatten(2, (kb - lo, block_size)).sum(3)], 2)
-        return summed / count.clamp(min=1)[:, None, :, None]
-
-    return mean(k), mean(v), count.log()
-
-
-def skipped_blocks(mask: BlockSparseMask, num_key_blocks: int) -> torch.Tensor:
-    """``[B, H_mask, QB, KB]`` bool: the key blocks each query-block row does not keep (its remainder)."""
-    kept = torch.zeros(*mask.kv_indices.shape[:3], num_key_blocks, dtype=torch.int32, device=mask.kv_indices.device)
-    slot = torch.arange(mask.kv_indices.shape[-1], device=kept.device) < mask.kv_counts[..., None]
-    kept.scatter_add_(-1, torch.where(slot, mask.kv_indices.long(), 0), slot.to(torch.int32))
-    return kept == 0
 
 
 def softmax_or_zero(logits: torch.Tensor) -> torch.Tensor:
@@ -347,14 +292,6 @@ def _fp8_softmax(logits: torch.Tensor) -> torch.Tensor:
     rounded = (e * FP8_MAX).to(FP8).float() / FP8_MAX
     total = e.sum(-1, keepdim=True)
     return rounded / torch.where(total > 0, total, 1.0)
-
-
-def check_remainder(remainder: str, precision: str = "native") -> None:
-    """Raise ``ValueError`` unless ``remainder`` is one of ``REMAINDERS`` (and "drop" where not native)."""
-    if remainder not in REMAINDERS:
-        raise ValueError(f"remainder={remainder!r} is not one of {REMAINDERS}")
-    if remainder != "drop" and precision != "native":
-        raise ValueError(f"remainder={remainder!r} runs in native precision only, got precision={precision!r}")
 
 
 def check_precision(precision: str, accepted: tuple[str, ...] = PRECISIONS) -> None:
