@@ -33,11 +33,11 @@ def rows_differing(a, b) -> int:
     return int((~same).sum())
 
 
-def dense_cudnn_ms(q, k, kv_n: int) -> float:
-    """One dense attention layer as bench_attention times it: cuDNN SDPA over the valid keys, bf16, 128-dim heads."""
+def dense_cudnn_ms(n: int, kv_n: int) -> float:
+    """One dense attention layer as bench_attention times it: cuDNN SDPA over the valid keys, bf16, 24 heads x 128."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    qb = torch.randn(1, 24, q.shape[2], 128, device="cuda", dtype=torch.bfloat16)
+    qb = torch.randn(1, 24, n, 128, device="cuda", dtype=torch.bfloat16)
     kb = torch.randn(1, 24, kv_n, 128, device="cuda", dtype=torch.bfloat16)
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
         return triton.testing.do_bench(lambda: torch.nn.functional.scaled_dot_product_attention(qb, kb, kb),
@@ -57,7 +57,7 @@ def main() -> None:
         t, h, w = GRIDS[size]
         q, k, _, kv_len = video_qkv(t, h, w, n_text=256, n_text_valid=40, device="cuda", seed=0)
         n_video = t * h * w
-        dense_ms = dense_cudnn_ms(q, k, int(kv_len[0]))
+        dense_ms = dense_cudnn_ms(q.shape[2], int(kv_len[0]))
         print(f"{size}: dense cuDNN layer (24 heads x 128, {q.shape[2]} tokens) {dense_ms:.2f} ms", flush=True)
         scores_ms = {p: triton.testing.do_bench(lambda: block_scores(q, k, bs, 16, kv_len, "triton", precision=p),
                                                 rep=200, return_mode="median") for p in ("native", "fp8")}
