@@ -11,12 +11,14 @@ round trip, no checkpoint), diffusers' own classes at their published configurat
 
 Rows (one forward = one denoising step, every row after an untimed kernel warm-up at the same length):
 ``stock`` (diffusers' processors), ``ours dense`` (our processors at tau = 1: the runtime's dense path),
-``xattn density 0.3`` and ``xattn density 0.15`` (tau = 0.9 capped by ``max_density``). Per row: forward ms,
+``xattn density 0.3`` and ``xattn density 0.15`` (tau = 0.9 capped by ``max_density``), ``xattn density 0.3,
+8-bit`` (the same in int8 / fp8 arithmetic, fp8 estimate). Per row: forward ms,
 speedup vs stock and vs ours dense, mean density, peak memory, relative L2 error vs stock. With random weights
 attention is nearly uniform, so tau = 0.9 hits the cap: the rows measure speed at that density, not quality.
 
     python benchmarks/bench_models.py --model wan --out $OUT/models_wan.json
     python benchmarks/bench_models.py --model hunyuan15 --out $OUT/models_hunyuan15.json
+    python benchmarks/bench_models.py --model wan --rows "stock,8-bit" --out $OUT/wan_8bit.json    # some rows
     python benchmarks/bench_models.py --tiny --out /tmp/models.json      # CPU smoke test (tiny models)
 """
 
@@ -45,6 +47,8 @@ ROWS = [  # label, config overrides (None = stock processors)
     ("ours dense", dict(threshold=1.0)),
     ("xattn density 0.3", dict(threshold=0.9, max_density=0.3)),
     ("xattn density 0.15", dict(threshold=0.9, max_density=0.15)),
+    # int8 Q.K^T, fp8 P.V and the fp8 estimate (OpConfig.precision / estimate_precision); Triton on fp8 tensor cores
+    ("xattn density 0.3, 8-bit", dict(threshold=0.9, max_density=0.3, precision="int8-fp8", estimate_precision="fp8")),
 ]
 # full size: the published configurations; tiny: the same classes, small enough for a CPU
 MODELS: dict[str, dict[str, Any]] = {
@@ -155,7 +159,7 @@ def bench_model(name: str, args, device, dtype, backend: str) -> list[dict]:
     warm_up_kernels(n, n_valid, heads, model.config.attention_head_dim, n_video, device, dtype, backend, args.tiny)
     rows: list[dict] = []
     reference = None
-    for label, overrides in ROWS:
+    for label, overrides in [r for r in ROWS if not args.rows or any(key in r[0] for key in args.rows.split(","))]:
         if overrides is None:
             remove_xattention(model)
             runtime = None
@@ -217,6 +221,7 @@ def main() -> None:
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny models, reference backend")
     p.add_argument("--profile", action="store_true", help="GPU time by kernel family per row (torch profiler; "
                    "the profiled forward runs a little slower)")
+    p.add_argument("--rows", help="comma-separated substrings of the row labels to run (default: all)")
     p.add_argument("--out", default="bench_models.json")
     args = p.parse_args()
     names = args.model.split(",")

@@ -41,7 +41,8 @@ def test_bench_models_tiny_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
     assert [(r["model"], r["row"]) for r in rows] == [
-        (m, r) for m in ("wan", "hunyuan15") for r in ("stock", "ours dense", "xattn density 0.3", "xattn density 0.15")]
+        (m, r) for m in ("wan", "hunyuan15")
+        for r in ("stock", "ours dense", "xattn density 0.3", "xattn density 0.15", "xattn density 0.3, 8-bit")]
     for r in rows:
         assert r["finite"], r
         if r["row"] == "ours dense":
@@ -50,6 +51,7 @@ def test_bench_models_tiny_smoke(tmp_path):
             assert r["density"] < 1.0 and r["reasons"] == {"estimated": 2} and r["rel_l2_vs_stock"] > 0, r
     wan = {r["row"]: r["density"] for r in rows if r["model"] == "wan"}
     assert wan["xattn density 0.15"] < wan["xattn density 0.3"] <= 0.34  # the cap holds (no text in Wan's call)
+    assert wan["xattn density 0.3, 8-bit"] <= 0.34
     assert "| model | row | tokens | forward ms" in proc.stdout
 
 
