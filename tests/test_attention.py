@@ -165,6 +165,6 @@ def test_triton_reason_names_unsupported_blocks(monkeypatch):
     assert triton_unavailable_reason(q, XAttentionConfig()) is None
     reason = triton_unavailable_reason(q, XAttentionConfig(block_size=96, stride=8))
     assert "block_size=96 with stride=8" in reason
-    assert resolve_backend(XAttentionConfig(block_size=96, stride=8), q) == "reference"  # auto
+    assert resolve_backend(XAttentionConfig(block_size=96, stride=8), q) == "sdpa"  # auto
     with pytest.raises(RuntimeError, match="block_size=96"):
         resolve_backend(XAttentionConfig(block_size=96, stride=8, backend="triton"), q)

@@ -10,9 +10,9 @@ from xattn_video.config import OpConfig
 from xattn_video.kernels import reference
 
 
-@pytest.mark.parametrize("op", sorted(KERNELS))
-def test_twins_share_one_signature(op):
-    fast = inspect.signature(kernel(op, "triton")).parameters
+@pytest.mark.parametrize("op,backend", [(op, b) for op in sorted(KERNELS) for b in KERNELS[op] if b != "reference"])
+def test_twins_share_one_signature(op, backend):
+    fast = inspect.signature(kernel(op, backend)).parameters
     twin = inspect.signature(kernel(op, "reference")).parameters
     kw = inspect.Parameter.KEYWORD_ONLY
     shared = [n for n in twin if n in fast]
@@ -27,7 +27,8 @@ def test_twins_share_one_signature(op):
 
 def test_twins_live_with_the_other_references():
     assert kernel("select", "reference") is reference.select_blocks_reference
-    assert all(KERNELS[op][0].startswith("reference:") for op in KERNELS)
+    assert all(KERNELS[op]["reference"].startswith("reference:") for op in KERNELS)
+    assert kernel("scores", "sdpa") is reference.strided_block_scores_reference  # sdpa differs in the attention only
 
 
 def test_dispatch_names_bad_values():
@@ -35,4 +36,9 @@ def test_dispatch_names_bad_values():
         kernel("sort", "reference")
     with pytest.raises(ValueError, match="backend='auto' is not one of"):
         kernel("attend", "auto")
-    assert resolve_backend(OpConfig(), torch.zeros(1, 1, 4, 64)) == "reference"  # CPU inputs
+    cpu = torch.zeros(1, 1, 4, 64)
+    assert resolve_backend(OpConfig(), cpu) == "sdpa"  # CPU inputs, native precision
+    assert resolve_backend(OpConfig(precision="int8-fp8"), cpu) == "reference"  # the 8-bit emulation
+    assert resolve_backend(OpConfig(backend="reference"), cpu) == "reference"
+    with pytest.raises(ValueError, match="backend='sdpa' runs native precision only"):
+        OpConfig(backend="sdpa", precision="fp8")

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -17,12 +19,13 @@ def test_bench_transformer_tiny_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     labels = [r["row"] for r in result["rows"]]
-    assert labels[:2] == ["stock", "ours tau=1 (dense)"] and len(labels) == 12
+    assert labels[:2] == ["stock", "ours tau=1 (dense)"] and len(labels) == 14
     rows = {r["row"]: r for r in result["rows"]}
     capped = rows["xattn max_density=0.3"]["density"]  # above 0.3 at tiny size: forced text and diagonal blocks
     assert capped < 1 and rows["xattn max_density=0.3, per-head table"]["density"] <= capped + 1e-6
     assert rows["xattn max_density=0.3, tile"]["density"] < 1, "the lever rows ran sparse"
     assert rows["xattn max_density=0.3, sink-aware"]["density"] < 1
+    assert rows["xattn max_density=0.3, 8-bit"]["density"] == pytest.approx(capped, abs=0.05), "8 bits, same cap"
     assert rows["xattn tau=0.9, dense_above=0.6"]["rel_l2_vs_stock"] < 1e-5, "the fallback ran dense"
     assert all(r["finite"] for r in result["rows"])
     assert result["rows"][1]["rel_l2_vs_stock"] < 1e-5, "dense path equals stock on the CPU"

@@ -77,7 +77,8 @@ def test_tau_one_matches_unpatched(model, dense_out):
                                                            warmup_steps=0))
     out = _sample(patched)
     assert runtime.record.count("sparse") == STEPS * (UNET["depth"] + UNET["depth_single_blocks"])  # it really ran
-    torch.testing.assert_close(out, dense_out, rtol=1e-4, atol=1e-5)
+    # the CPU's SDPA path rounds in another order than ComfyUI's attention; the sampling steps carry that to ~1e-4
+    torch.testing.assert_close(out, dense_out, rtol=1e-3, atol=3e-4)
     assert all(d == pytest.approx(1.0) for layers in runtime.density_table().values() for d in layers.values())
     # plain tau = 1 is planned dense ("exact"): ComfyUI's own attention, identical
     patched, runtime = _patch(model, threshold=1.0, warmup_steps=0)
@@ -103,7 +104,7 @@ def test_text_padding_mask_becomes_kv_len(model):
     patched, runtime = patch_model(model, XAttentionConfig(block_size=16, stride=4, threshold=1.0, max_density=1.0,
                                                            warmup_steps=0))
     out = _sample(patched, pad=3)
-    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=3e-4)  # rounding order, as above
     assert runtime.record.count("sparse") > 0 and runtime.record.count(reason="mask") == 0
     assert not torch.allclose(ref, _sample(model), atol=1e-4)  # the padding mask mattered
 

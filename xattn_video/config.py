@@ -31,7 +31,7 @@ import yaml
 # "heads": {3: [0.9, 0.95, ...]}} (per-head lists are per layer; layers not named use "default").
 Threshold = Union[float, Mapping[str, Any]]
 
-BACKENDS = ("auto", "triton", "reference")
+BACKENDS = ("auto", "triton", "sdpa", "reference")
 PRECISIONS = ("native", "fp8", "int8-fp8")  # the sparse attention's products
 ESTIMATE_PRECISIONS = ("native", "fp8")  # the estimate's strided GEMM
 UNKNOWN_STEP_POLICIES = ("dense", "sparse", "error")
@@ -67,7 +67,9 @@ class OpConfig:
         sink_aware: average the antidiagonal-mean estimate with a max-logit one, so that keys few queries
             attend to strongly (sinks) are not underrated (see ``strided_block_scores_reference``). Off by
             default until the GPU benchmark judges it.
-        backend: "triton" (CUDA kernels), "reference" (plain PyTorch) or "auto" (triton on CUDA).
+        backend: "triton" (CUDA kernels), "sdpa" (the attention through PyTorch's SDPA with a token mask, any
+            device, native precision; estimate and selection in plain PyTorch), "reference" (plain PyTorch
+            throughout: the tests' oracle) or "auto" (triton where it can run, else sdpa; reference for 8 bits).
         allow_fallback: with backend="triton", run the reference (logged once) instead of failing when the
             Triton path cannot run.
         token_order: the order of the video tokens that blocks are cut from: "raster" (the model's own: frame,
@@ -127,6 +129,9 @@ class OpConfig:
             raise ValueError(f"precision={self.precision!r} is not one of {PRECISIONS}")
         if self.estimate_precision not in ESTIMATE_PRECISIONS:
             raise ValueError(f"estimate_precision={self.estimate_precision!r} is not one of {ESTIMATE_PRECISIONS}")
+        if self.backend == "sdpa" and self.precision != "native":
+            raise ValueError(f"backend='sdpa' runs native precision only, got precision={self.precision!r}; "
+                             "accepted: backend 'triton', 'reference' or 'auto' for 8 bits")
         if self.max_density is not None:
             if isinstance(self.max_density, bool) or not isinstance(self.max_density, (int, float)) \
                     or not 0.0 < float(self.max_density) <= 1.0:

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ..config import PRECISIONS, XAttentionConfig
+from ..config import BACKENDS, PRECISIONS, XAttentionConfig
 
 logger = logging.getLogger("xattn_video")
 
@@ -37,7 +37,6 @@ PIPE_TYPE = "XATTN_PIPE"
 CONFIG_TYPE = "XATTN_CONFIG"
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-BACKENDS = ("auto", "triton", "reference")
 
 
 def _config_inputs() -> dict[str, Any]:
@@ -278,8 +277,9 @@ class XAttentionConfigNode:
                 "dense_layers": _DENSE_LAYERS_INPUT,
                 "mask_reuse_steps": _MASK_REUSE_INPUT,
                 "precision": _PRECISION_INPUT,
-                "backend": (list(BACKENDS), {"default": "auto", "tooltip": "auto = Triton kernels on CUDA, the "
-                                                                          "PyTorch reference elsewhere."}),
+                "backend": (list(BACKENDS), {"default": "auto", "tooltip": "auto = Triton kernels on CUDA, "
+                                                                          "PyTorch's SDPA with a block mask "
+                                                                          "elsewhere (reference for 8 bits)."}),
             },
         }
 
