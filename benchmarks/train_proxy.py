@@ -13,6 +13,8 @@ HunyuanVideo's weights. In one run:
 5. write the model folder (float16 transformer, ``xattn_video.proxy.model.save_proxy``) and ``train_proxy.json``.
 
     python benchmarks/train_proxy.py --out $OUT/proxy            # GPU, ~9 minutes
+    python benchmarks/train_proxy.py --resume xattn_video/proxy/checkpoint --grow-single 4 --out $OUT/proxy
+                                                                   # 4 more single blocks, then trained on
     python benchmarks/train_proxy.py --toy --out /tmp/proxy       # CPU smoke test of this script
 """
 
@@ -33,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from xattn_video.proxy.data import caption_split  # noqa: E402
 from xattn_video.proxy.follow import follows_caption  # noqa: E402
 from xattn_video.proxy.model import (  # noqa: E402
-    ProxyInfo, ProxySize, load_proxy, proxy_components, proxy_pipeline, save_proxy,
+    ProxyInfo, ProxySize, deepen, load_proxy, proxy_components, proxy_pipeline, save_proxy,
 )
 from xattn_video.proxy.train import Stage, bucket, sample, train_proxy  # noqa: E402
 
@@ -143,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume-sizes", choices=["both", "large"], default="both",
                     help="with --resume: alternate both sizes, or train the large size only (its following and "
                     "attention concentration are what the small size does not teach)")
+    ap.add_argument("--grow-single", type=int, default=0,
+                    help="with --resume: first add this many single-stream blocks (copies of the middle one whose "
+                    "output starts at zero: the same function), then train")
     ap.add_argument("--evaluate", help="no training: held-out caption following of this saved proxy folder under "
                     "every sampler setting (shift x CFG), both sizes; writes OUT/evaluate.json")
     ap.add_argument("--toy", action="store_true", help="CPU smoke test: tiny sizes, a few steps")
@@ -169,10 +174,17 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.evaluate:
         return evaluate(args.evaluate, out, held, choices, small, large, steps, device)
+    if args.grow_single and not args.resume:
+        ap.error("--grow-single needs --resume (it deepens a trained proxy)")
     previous = None
     if args.resume:
         pipe = load_proxy(args.resume)
         previous = pipe.xattn_proxy_info.training
+        if args.grow_single:
+            before = pipe.transformer.config.num_single_layers
+            deepen(pipe.transformer, args.grow_single)
+            previous = {**previous, "then_grown": {"single_blocks": before, "added": args.grow_single}}
+            print(f"grown: {before} -> {pipe.transformer.config.num_single_layers} single blocks", flush=True)
         c = pipe.transformer.config
         size = ProxySize(c.num_attention_heads, c.attention_head_dim, c.num_layers, c.num_single_layers,
                          c.num_refiner_layers)

@@ -92,6 +92,15 @@ def test_train_proxy_toy_smoke(tmp_path):
     info = read_info(tmp_path / "model")
     assert info.defaults["num_inference_steps"] == 3 and info.training["seed"] == 0
     assert load_proxy(tmp_path / "model").transformer.config.num_layers == 1
+    # resumed with one more single-stream block: trains, measures every layer, says where it came from
+    grown = tmp_path / "grown"
+    proc = subprocess.run([sys.executable, script, "--toy", "--resume", str(tmp_path / "model"), "--grow-single", "1",
+                           "--out", str(grown)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert load_proxy(grown / "model").transformer.config.num_single_layers == 2
+    assert read_info(grown / "model").training["continued_from"]["then_grown"] == {"single_blocks": 1, "added": 1}
+    report = json.loads((grown / "train_proxy.json").read_text())
+    assert len(report["concentration"]["oracle_density_90_per_layer"]) == 3
 
 
 def test_bench_quality_toy_smoke(tmp_path):

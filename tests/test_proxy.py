@@ -159,6 +159,25 @@ def test_proxy_folder_round_trip_gives_the_same_video(tmp_path):
     assert not np.array_equal(_generate(loaded, "a blue square moving up"), before), "the caption matters"
 
 
+def test_deepened_proxy_makes_the_same_video_and_saves_its_depth(tmp_path):
+    from xattn_video.proxy.model import deepen, load_proxy, save_proxy
+
+    pipe = _toy_pipe()
+    before = _generate(pipe, "a red circle moving right")
+    deepen(pipe.transformer, 2)
+    assert len(pipe.transformer.single_transformer_blocks) == pipe.transformer.config.num_single_layers == 3
+    new = pipe.transformer.single_transformer_blocks[1]
+    assert new is not pipe.transformer.single_transformer_blocks[0] and not new.proj_out.weight.any()
+    np.testing.assert_array_equal(_generate(pipe, "a red circle moving right"), before)
+    with torch.no_grad():  # once training moves a new block, the function changes
+        new.proj_out.weight.normal_(0.0, 0.05)
+    assert not np.array_equal(_generate(pipe, "a red circle moving right"), before)
+    save_proxy(pipe, tmp_path / "deep", half=False)
+    assert load_proxy(tmp_path / "deep").transformer.config.num_single_layers == 3
+    with pytest.raises(ValueError, match="extra_single_blocks=0 is out of range"):
+        deepen(pipe.transformer, 0)
+
+
 def test_half_precision_folder_is_close(tmp_path):
     from xattn_video.proxy.model import load_proxy, save_proxy
 

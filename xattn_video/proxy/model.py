@@ -124,6 +124,36 @@ def proxy_components(seed: int = 0, size: ProxySize = ProxySize(), scheduler_shi
     }
 
 
+def deepen(transformer: Any, extra_single_blocks: int) -> Any:
+    """The same transformer with ``extra_single_blocks`` more single-stream blocks, computing the same function:
+    each new block is a copy of the middle single block, inserted after it, with its output projection zeroed
+    (the block adds nothing to its residual until training moves it). Grows a trained proxy toward the real
+    model's depth without starting over.
+
+    Example::
+
+        pipe.transformer = deepen(pipe.transformer, 4)     # 2 double + 4 single -> 2 double + 8 single blocks
+    """
+    import copy
+
+    if isinstance(extra_single_blocks, bool) or not isinstance(extra_single_blocks, int) or extra_single_blocks < 1:
+        raise ValueError(f"extra_single_blocks={extra_single_blocks!r} is out of range: accepted an integer >= 1")
+    blocks = transformer.single_transformer_blocks
+    if len(blocks) == 0:
+        raise ValueError("the transformer has no single-stream block to copy")
+    middle = (len(blocks) - 1) // 2
+    new = []
+    for _ in range(extra_single_blocks):
+        block = copy.deepcopy(blocks[middle])
+        with torch.no_grad():
+            block.proj_out.weight.zero_()
+            block.proj_out.bias.zero_()
+        new.append(block)
+    transformer.single_transformer_blocks = torch.nn.ModuleList([*blocks[:middle + 1], *new, *blocks[middle + 1:]])
+    transformer.register_to_config(num_single_layers=len(transformer.single_transformer_blocks))
+    return transformer
+
+
 def proxy_pipeline(components: dict, info: ProxyInfo | None = None):
     """A ``HunyuanVideoPipeline`` of proxy components, tagged with its call arguments (``proxy_call_kwargs``)."""
     from diffusers import HunyuanVideoPipeline
