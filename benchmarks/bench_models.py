@@ -19,6 +19,7 @@ attention is nearly uniform, so tau = 0.9 hits the cap: the rows measure speed a
     python benchmarks/bench_models.py --model wan --out $OUT/models_wan.json
     python benchmarks/bench_models.py --model hunyuan15 --out $OUT/models_hunyuan15.json
     python benchmarks/bench_models.py --model wan --rows "stock,8-bit" --out $OUT/wan_8bit.json    # some rows
+    python benchmarks/bench_models.py --model wan --fp8-linear --out $OUT/wan_fp8.json   # linears in float8 (torchao)
     python benchmarks/bench_models.py --tiny --out /tmp/models.json      # CPU smoke test (tiny models)
 """
 
@@ -133,6 +134,17 @@ def config_for(overrides: dict, backend: str, tiny: bool) -> XAttentionConfig:
                             **overrides)
 
 
+def quantize_linears_fp8(model: torch.nn.Module) -> None:
+    """The model's linear layers (sides divisible by 16, as the fp8 GEMM needs) to torchao's float8 dynamic
+    quantization: activations and weights in e4m3 with one scale per row."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    def fits(module: torch.nn.Module, _: str) -> bool:
+        return isinstance(module, torch.nn.Linear) and module.in_features % 16 == 0 and module.out_features % 16 == 0
+
+    quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=fits)
+
+
 def warm_up_kernels(n: int, n_valid: int, heads: int, head_dim: int, n_video: int | None, device, dtype,
                     backend: str, tiny: bool) -> None:
     """Compile and autotune the Triton kernels at this length, so that no timed row pays for it."""
@@ -149,6 +161,8 @@ def bench_model(name: str, args, device, dtype, backend: str) -> list[dict]:
     spec = MODELS[name]
     t0 = time.perf_counter()
     model = build_model(name, device, dtype, args.tiny)
+    if args.fp8_linear:
+        quantize_linears_fp8(model)
     params = sum(p.numel() for p in model.parameters()) / 1e9
     print(f"{spec['label']}: model built in {time.perf_counter() - t0:.1f} s ({params:.2f} B params)", flush=True)
     valid = min(args.valid_text, spec["tiny_text" if args.tiny else "text"])
@@ -222,12 +236,22 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="GPU time by kernel family per row (torch profiler; "
                    "the profiled forward runs a little slower)")
     p.add_argument("--rows", help="comma-separated substrings of the row labels to run (default: all)")
+    p.add_argument("--fp8-linear", action="store_true", help="every row with the model's linear layers in float8 "
+                   "(torchao's dynamic float8 activations and weights, per-row scales; a GPU with fp8 tensor cores; "
+                   "torchao is this option's dependency only): what the rest of the step costs in 8 bits")
     p.add_argument("--out", default="bench_models.json")
     args = p.parse_args()
     names = args.model.split(",")
     bad = [n for n in names if n not in MODELS]
     if bad:
         p.error(f"--model {','.join(bad)}: accepted: {', '.join(MODELS)}")
+    if args.fp8_linear and args.tiny:
+        p.error("--fp8-linear needs a GPU with fp8 tensor cores; --tiny runs on the CPU")
+    if args.fp8_linear:
+        try:
+            import torchao  # noqa: F401
+        except ImportError as e:
+            p.error(f"--fp8-linear needs torchao ({e}); pip install torchao")
 
     device = torch.device("cpu" if args.tiny else "cuda")
     dtype = torch.float32 if args.tiny else torch.bfloat16
@@ -237,7 +261,8 @@ def main() -> None:
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
-        "command": " ".join(sys.argv), "weights": "random (not a trained model)", "rows": [],
+        "command": " ".join(sys.argv), "weights": "random (not a trained model)",
+        "linear_layers": "float8 (torchao, per-row scales)" if args.fp8_linear else str(dtype), "rows": [],
     }
     try:
         import diffusers

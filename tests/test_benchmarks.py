@@ -55,6 +55,9 @@ def test_bench_models_tiny_smoke(tmp_path):
     wan = {r["row"]: r["density"] for r in rows if r["model"] == "wan"}
     assert wan["xattn density 0.15"] < wan["xattn density 0.3"] <= 0.34  # the cap holds (no text in Wan's call)
     assert wan["xattn density 0.3, 8-bit"] <= 0.34
+    refused = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_models.py"), "--tiny", "--fp8-linear"],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--fp8-linear needs a GPU with fp8 tensor cores" in refused.stderr
     assert "| model | row | tokens | forward ms" in proc.stdout
 
 
