@@ -1,6 +1,14 @@
-"""Ad hoc CPU screen: a max_density schedule over the sparse steps at the same mean (proxy, 9x32x32)."""
-import sys, time, json
-sys.path.insert(0, '/work/main/benchmarks'); sys.path.insert(0, '/work/main')
+"""Ad hoc CPU screen (2026-11-29): a max_density schedule over the sparse steps at the same mean (proxy, 9x32x32).
+
+    python benchmarks/data/density_schedule_cpu.py [captions]
+"""
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT))
 import torch
 torch.set_num_threads(2)
 from bench_quality import run, judge
