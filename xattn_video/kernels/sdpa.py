@@ -24,7 +24,9 @@ from ..block_mask import BlockSparseMask
 from ..config import ceil_div
 from .reference import block_sparse_attention_reference, check_precision
 
-MASK_BYTES = 1 << 26  # per chunk: the boolean mask and SDPA's float32 logits stay around 64 MiB / 256 MiB
+# boolean mask bytes per chunk of query rows: on a CPU SDPA may build float32 logits 4x that size; a GPU's fused
+# kernels do not, and many small chunks would cost more in launches than the memory saved
+MASK_BYTES = {"cpu": 1 << 26, "cuda": 1 << 30}
 
 
 def block_sparse_attention_sdpa(
@@ -38,7 +40,8 @@ def block_sparse_attention_sdpa(
     query_chunk: int | None = None,
 ) -> torch.Tensor:
     """Attention of each query block over its kept key blocks (keys past ``mask.kv_len`` excluded), in q's dtype.
-    ``precision``: "native" only. ``query_chunk`` (tests): query rows per SDPA call; default from ``MASK_BYTES``."""
+    ``precision``: "native" only. ``query_chunk`` (tests): query rows per SDPA call; default from ``MASK_BYTES``
+    for the device."""
     check_precision(precision, ("native",))
     if not (torch.isfinite(q).all() and torch.isfinite(k).all() and torch.isfinite(v).all()):
         return block_sparse_attention_reference(q, k, v, mask, scale, precision)
@@ -49,7 +52,8 @@ def block_sparse_attention_sdpa(
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     kept = mask.to_dense().to(q.device)[..., :kb]  # [B, Hm, QB, KB]
     key_ok = torch.arange(n_k, device=q.device)[None, :] < mask.kv_len.to(q.device)[:, None]  # [B, N_k]
-    rows = query_chunk or max(1, MASK_BYTES // max(1, b * kept.shape[1] * n_k))
+    budget = MASK_BYTES.get(q.device.type, MASK_BYTES["cpu"])
+    rows = query_chunk or max(1, budget // max(1, b * kept.shape[1] * n_k))
     out = torch.empty_like(q)
     for r0 in range(0, n, rows):
         r1 = min(n, r0 + rows)
