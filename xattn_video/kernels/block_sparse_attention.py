@@ -272,7 +272,7 @@ def _launch_autotuned(args: tuple, grid, bs: int, d: int, k: torch.Tensor, v: to
     _bsa_fwd_tuned[grid](*args, BS=bs, HEAD_DIM=d, USE_TMA=_use_tma(k) and _use_tma(v))
 
 
-def _launch_fp8(args: tuple, n: int, bh: int, bs: int, d: int, tile: int, k_group: int, on_cpu: bool,
+def _launch_fp8(args: tuple, n: int, bh: int, bs: int, d: int, tile: int, on_cpu: bool,
                 launch: dict | None) -> None:
     """One fixed launch, the fastest of the H200 sweep (benchmarks/RESULTS.md): 64-row programs of one
     warpgroup (several per multiprocessor overlap one's softmax with another's products), the next block index
@@ -281,7 +281,7 @@ def _launch_fp8(args: tuple, n: int, bh: int, bs: int, d: int, tile: int, k_grou
     if on_cpu:
         cfg = {"BLOCK_M": min(tile, 64), "BLOCK_N": min(tile, 64), **(launch or {})}
         _bsa_fwd[(ceil_div(n, cfg["BLOCK_M"]), bh)](*args, BS=bs, HEAD_DIM=d, FP8=True, Q_GROUP=ATTENTION_GROUP,
-                                                    K_GROUP=k_group, EXACT=interpreting(), **cfg)
+                                                    K_GROUP=tile, EXACT=interpreting(), **cfg)
         return
     block_n = min(tile, d)
     cfg = {"BLOCK_M": 64, "BLOCK_N": block_n, "num_warps": 4, "num_stages": 3, "PREFETCH": True,
@@ -291,15 +291,14 @@ def _launch_fp8(args: tuple, n: int, bh: int, bs: int, d: int, tile: int, k_grou
     if cfg["USE_TMA"]:
         install_tma_allocator()
     _bsa_fwd[(ceil_div(n, cfg["BLOCK_M"]), bh)](*args, BS=bs, HEAD_DIM=d, FP8=True, Q_GROUP=ATTENTION_GROUP,
-                                                K_GROUP=k_group, **cfg)
+                                                K_GROUP=tile, **cfg)
 
 
 def _tile_for(block_size: int) -> int:
-    """Largest power of two <= 128 that divides the mask block (internal tile side)."""
-    t = 128
-    while t > 16 and block_size % t:
-        t //= 2
-    if block_size % t:
+    """Largest power of two <= 128 that divides the mask block (internal tile side; in 8 bits also the keys
+    per k scale, so that a tile has one scale)."""
+    t = fp8_key_group(block_size)
+    if t < 16:
         raise ValueError(f"mask block_size={block_size} is not supported by the Triton kernel; accepted: a "
                          f"multiple of 16 (e.g. 16, 32, 64, 128)")
     return t
@@ -354,10 +353,9 @@ def block_sparse_attention_triton(
         if bs % 64:
             raise ValueError(f"precision={precision!r} needs a mask block_size that is a multiple of 64, got {bs}")
         require_fp8_tensor_cores(q.device, f"precision={precision!r}")
-        k_group = fp8_key_group(bs)
         qk_dtype = torch.int8 if precision == "int8-fp8" else torch.float8_e4m3fn
         q, q_scale = quantize_rows(q, ATTENTION_GROUP, dtype=qk_dtype)
-        k, k_scale = quantize_rows(k, k_group, kv_len, center=True, dtype=qk_dtype)
+        k, k_scale = quantize_rows(k, tile, kv_len, center=True, dtype=qk_dtype)  # one k scale per key tile
         v_t, v_scale = quantize_channels_fp8(v, kv_len)
         v = v_t.transpose(2, 3)  # the [N, D] view of the transposed copy
         scales = (q_scale, k_scale, v_scale, q_scale.shape[-1], k_scale.shape[-1])
@@ -367,7 +365,7 @@ def block_sparse_attention_triton(
             h, n, triton.next_power_of_2(n), *scales)
     if fp8:
         launch = {"QK_INT8": qk_dtype == torch.int8, **(launch or {})}
-        _launch_fp8(args, n, b * h, bs, d, tile, k_group, interp or q.device.type != "cuda", launch)
+        _launch_fp8(args, n, b * h, bs, d, tile, interp or q.device.type != "cuda", launch)
         return out
     reason = tma_unsupported_reason() if launch and launch.get("USE_TMA") else None
     if reason:

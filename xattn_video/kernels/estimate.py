@@ -23,10 +23,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..config import ceil_div
-from .block_sparse_attention import DTYPES, LOG2E, install_tma_allocator, check_interpreter, interpreting
+from ..config import ESTIMATE_PRECISIONS, ceil_div
+from .block_sparse_attention import DTYPES, LOG2E, check_interpreter, install_tma_allocator, interpreting
 from .quantize import quantize_rows, require_fp8_tensor_cores
-from .reference import ESTIMATE_PRECISIONS, check_precision
+from .reference import check_precision
 
 
 @triton.jit

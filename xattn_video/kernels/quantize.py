@@ -26,13 +26,17 @@ import torch
 import triton
 import triton.language as tl
 
-from .reference import FP8, FP8_MAX, padded_length
+from .reference import FP8, FP8_MAX, _kv_len_or_full, padded_length
 
 
 def _kv_len(kv_len: torch.Tensor | None, b: int, n: int, device: torch.device) -> torch.Tensor:
-    if kv_len is None:
-        return torch.full((b,), n, dtype=torch.int32, device=device)
-    return kv_len.to(device=device, dtype=torch.int32).clamp(max=n).contiguous()
+    """The kernels' int32 valid lengths (default n), at most n."""
+    return _kv_len_or_full(kv_len, b, n, device).clamp(max=n).to(torch.int32).contiguous()
+
+
+def _check_head_dim(d: int) -> None:
+    if d & (d - 1) or d < 16:
+        raise ValueError(f"head_dim={d} is not supported by the fp8 kernels; accepted: a power of two >= 16")
 
 
 @triton.jit
@@ -112,8 +116,7 @@ def quantize_rows(
     b, h, n, d = x.shape
     if group < 1 or group > 128 or group & (group - 1):
         raise ValueError(f"group={group} is not supported; accepted: a power of two in 1..128")
-    if d & (d - 1) or d < 16:
-        raise ValueError(f"head_dim={d} is not supported by the fp8 kernels; accepted: a power of two >= 16")
+    _check_head_dim(d)
     n_pad = padded_length(n)
     valid = _kv_len(kv_len, b, n, x.device)
     mean = x.mean(dim=2, dtype=torch.float32).contiguous() if center else valid  # unused without center
@@ -150,8 +153,7 @@ def quantize_channels_fp8(v: torch.Tensor, kv_len: torch.Tensor | None = None) -
     approximates ``v[..., n, d]``; tokens at or past ``kv_len`` are zero.
     """
     b, h, n, d = v.shape
-    if d & (d - 1) or d < 16:
-        raise ValueError(f"head_dim={d} is not supported by the fp8 kernels; accepted: a power of two >= 16")
+    _check_head_dim(d)
     n_pad = padded_length(n)
     valid = _kv_len(kv_len, b, n, v.device)
     rows = 64
