@@ -1,4 +1,4 @@
-"""Quality benchmark on the proxy model: XAttention against the peers' sparse patterns at matched densities.
+r"""Quality benchmark on the proxy model: XAttention against the peers' sparse patterns at matched densities.
 
 The model is the proxy (a small HunyuanVideo transformer trained here on procedural video; its figures are that
 model's, never HunyuanVideo's). Held-out captions (never seen in training) x seeds are generated densely once
@@ -112,11 +112,13 @@ LEVERS = {"": {}, " +tile": {"token_order": "tile"}, " +sink": {"sink_aware": Tr
 
 
 def build_lever_methods(pipe: Any, captions: list[str], size: dict, steps: int, warmup: int, block: int,
-                        stride: int, out: Path, toy: bool, profiles: Path | None = None) -> list[Method]:
+                        stride: int, out: Path, toy: bool, profiles: Path | None = None,
+                        only: str | None = None) -> list[Method]:
     """The quality levers at each density: tile order and sink-aware scores on the capped estimate; per-head
     thresholds calibrated for the density (profiled on training captions, dense, at this size, or read from
     ``profiles``: an earlier run's folder) alone and with the sink-aware estimate; mask reuse. Writes each
-    calibrated config and profile to ``out``."""
+    calibrated config and profile to ``out``. A variant none of whose calibrated rows ``only`` selects is not
+    profiled (profiling costs more than a run)."""
     from xattn_video.calibrate import ThresholdProfile, ThresholdProfiler, choose_thresholds, summarise
 
     methods: list[Method] = []
@@ -128,12 +130,17 @@ def build_lever_methods(pipe: Any, captions: list[str], size: dict, steps: int, 
                                       target=d, first_warmup_only=True))
     for name in ("", " +sink") if not toy else ("",):  # tile order did not help calibration (RESULTS.md)
         lever = LEVERS[name]
+        names = [f"XAttention calibrated by {by} @{d}{name}" for d in DENSITIES for by in ("mass", "error")]
+        if only is not None and not any(re.search(only, n) for n in names):
+            continue
         cfg = XAttentionConfig(block_size=block, stride=stride, warmup_steps=warmup, **lever)
         tag = name.replace(" +", "_")
         if profiles is not None:
             profile = ThresholdProfile.load(profiles / f"profile{tag}.json")
         else:
-            profiler = ThresholdProfiler()
+            # exact mass and output error on 32 evenly spaced query blocks per call: every block row (136
+            # here) made profiling a 17,408-token, 11-layer model take longer than a 10-minute command
+            profiler = ThresholdProfiler(query_blocks=None if toy else 32)
             run(pipe, captions, list(range(50_000, 50_000 + len(captions))), size, steps, len(captions), cfg,
                 profiler)
             profile = profiler.profile
@@ -332,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         train, _ = caption_split()
         levers = build_lever_methods(pipe, train[::17][:2 if args.toy else 4], size, steps,
                                      round(warmups[0] * steps), block, 8 if args.toy else 16, out, args.toy,
-                                     args.profiles)
+                                     args.profiles, args.only)
         if args.toy:  # one of each kind
             levers = [m for m in levers if m.name.endswith(("cap=0.3 +tile", "@0.3", "reuse=2"))]
         methods += levers

@@ -138,6 +138,14 @@ def test_bench_quality_toy_smoke(tmp_path):
     assert [r["method"] for r in rows if r["family"] == "xattention cap"] == ["XAttention tau=0.95 cap=0.3"]
     first = {r["method"]: r["psnr"] for r in result["rows"]}
     assert all(first[r["method"]] == r["psnr"] for r in rows if "calibrated" in r["method"])
+    # no calibrated row selected: nothing is profiled (profiling costs more than a run)
+    plain = tmp_path / "plain"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_quality.py"), "--toy", "--levers-only",
+                           "--only", r"cap=0\.3$", "--out", str(plain)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [r["method"] for r in json.loads((plain / "quality.json").read_text())["rows"]] == [
+        "XAttention tau=0.95 cap=0.3"]
+    assert not list(plain.glob("profile*.json")) and "calibrated" not in proc.stdout
 
 
 def test_bench_sink_tiny_smoke(tmp_path):

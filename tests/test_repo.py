@@ -58,3 +58,19 @@ def test_readme_points_to_the_architecture_document_in_the_repository():
     architecture = (ROOT / "docs" / "architecture.md").read_text()
     for module in ("runtime/", "backends.py", "hooks.py", "comfyui/native.py", "report/"):
         assert module in architecture, module
+
+
+def test_embedded_proxy_fits_its_budget_and_its_calibrated_preset_covers_every_layer():
+    """The shipped checkpoint stays within 32 MB, and the preset calibrated for it names every attention layer
+    with one threshold per head (a table from another depth would leave layers on its default)."""
+    import json
+
+    from xattn_video.config import load_config
+    from xattn_video.pipelines.hunyuan_video import EMBEDDED_PROXY
+
+    size = sum(f.stat().st_size for f in EMBEDDED_PROXY.rglob("*") if f.is_file())
+    assert size <= 32_000_000, f"the embedded proxy takes {size:,} bytes"
+    cfg = json.loads((EMBEDDED_PROXY / "transformer" / "config.json").read_text())
+    heads = load_config("proxy_64x64_calibrated_d030").threshold["heads"]
+    assert sorted(heads) == list(range(cfg["num_layers"] + cfg["num_single_layers"]))
+    assert all(len(row) == cfg["num_attention_heads"] for row in heads.values())
