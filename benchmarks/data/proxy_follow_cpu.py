@@ -1,7 +1,11 @@
-"""Held-out caption following of the embedded proxy on the CPU, as shipped (shift 3, no CFG), 9x32x32, 20 steps."""
+"""Held-out caption following of a proxy folder on the CPU, as shipped (its scheduler, no CFG), 9x32x32, 20 steps.
+
+    python benchmarks/data/proxy_follow_cpu.py xattn_video/proxy/checkpoint OUT.json     # ~25 min on 2 cores
+"""
 import json, sys, time
-sys.path.insert(0, "/work/main")
-sys.path.insert(0, "/work/main/benchmarks")
+from pathlib import Path
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # run from a checkout without installing
 import torch
 from xattn_video.proxy.data import caption_split
 from xattn_video.proxy.model import load_proxy
