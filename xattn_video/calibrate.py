@@ -166,29 +166,38 @@ def kept_mass_and_error(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_le
     """For each block mask in ``keeps`` (``[B, H, QB, KB]`` bool over the query blocks of ``q``): the exact
     softmax mass its kept blocks hold (mean over queries) and the relative error of attention restricted to them,
     ``||O_keep - O|| / ||O||`` over all queries; each ``[T, H]``, mean over the batch. Exact attention in float32,
-    in chunks of queries (about 2 GiB of logits at a time); keys at or past ``kv_len`` are padding."""
+    in chunks of queries (about 1 GiB of probabilities at a time); keys at or past ``kv_len`` are padding.
+
+    Each query's probabilities and partial outputs are summed per key block once, so a threshold costs
+    ``QB x KB`` sums instead of another pass over every key: the masks differ only in which blocks they add."""
     b, h, n, d = q.shape
     nk = k.shape[2]
+    kb = -(-nk // block_size)
+    pad = kb * block_size - nk
     valid = torch.arange(nk, device=q.device)[None, :] < kv_len.to(q.device)[:, None]
     bias = torch.zeros(b, 1, 1, nk, device=q.device).masked_fill(~valid[:, None, None, :], float("-inf"))
-    masks = torch.stack(list(keeps))  # [T, B, H, QB, KB]
+    masks = torch.stack(list(keeps)).float()  # [T, B, H, QB, KB]
     mass = torch.zeros(len(keeps), b, h, dtype=torch.float64, device=q.device)
     err = torch.zeros_like(mass)
     norm = torch.zeros(b, h, dtype=torch.float64, device=q.device)
-    kf, vf = k.float(), v.float()
-    chunk = max(16, min(2048, (1 << 28) // (b * h * nk)))
+    kf = k.float()
+    v_blocks = torch.nn.functional.pad(v.float(), (0, 0, 0, pad)).unflatten(2, (kb, block_size))  # [B, H, KB, bs, D]
+    chunk = max(16, min(2048, (1 << 28) // (b * h * max(nk, kb * d))))
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         p = torch.softmax((q[:, :, start:stop].float() @ kf.transpose(-1, -2)) * d ** -0.5 + bias, -1)
-        out = p @ vf
+        p_blocks = torch.nn.functional.pad(p, (0, pad)).unflatten(-1, (kb, block_size))  # [B, H, c, KB, bs]
+        block_mass = p_blocks.sum(-1)  # [B, H, c, KB]
+        block_out = torch.einsum("bhckj,bhkjd->bhckd", p_blocks, v_blocks)  # each key block's share of the output
+        out = block_out.sum(3)
         norm += out.double().square().sum((-1, -2))
         query_blocks = torch.arange(start, stop, device=q.device) // block_size
         for t in range(len(keeps)):
-            key_keep = masks[t][:, :, query_blocks].repeat_interleave(block_size, -1)[..., :nk]  # [B, H, c, NK]
-            kept = p * key_keep
-            total = kept.sum(-1, keepdim=True)
+            keep = masks[t][:, :, query_blocks]  # [B, H, c, KB]
+            total = (block_mass * keep).sum(-1, keepdim=True)
+            kept_out = torch.einsum("bhck,bhckd->bhcd", keep, block_out)
             mass[t] += total.squeeze(-1).double().sum(-1)
-            err[t] += ((kept @ vf) / total.clamp_min(1e-30) - out).double().square().sum((-1, -2))
+            err[t] += (kept_out / total.clamp_min(1e-30) - out).double().square().sum((-1, -2))
     return (mass / n).mean(1), (err / norm.clamp_min(1e-30)).sqrt().mean(1)
 
 
