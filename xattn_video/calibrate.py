@@ -166,10 +166,10 @@ def kept_mass_and_error(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_le
     """For each block mask in ``keeps`` (``[B, H, QB, KB]`` bool over the query blocks of ``q``): the exact
     softmax mass its kept blocks hold (mean over queries) and the relative error of attention restricted to them,
     ``||O_keep - O|| / ||O||`` over all queries; each ``[T, H]``, mean over the batch. Exact attention in float32,
-    in chunks of queries (about 1 GiB of probabilities at a time); keys at or past ``kv_len`` are padding.
+    in chunks of queries (at most 512 MiB per intermediate); keys at or past ``kv_len`` are padding.
 
-    Each query's probabilities and partial outputs are summed per key block once, so a threshold costs
-    ``QB x KB`` sums instead of another pass over every key: the masks differ only in which blocks they add."""
+    Each query's probabilities and partial outputs are summed per key block once; the masks differ only in which
+    blocks they add, so all of them take one product over key blocks, not another pass over every key each."""
     b, h, n, d = q.shape
     nk = k.shape[2]
     kb = -(-nk // block_size)
@@ -182,7 +182,7 @@ def kept_mass_and_error(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_le
     norm = torch.zeros(b, h, dtype=torch.float64, device=q.device)
     kf = k.float()
     v_blocks = torch.nn.functional.pad(v.float(), (0, 0, 0, pad)).unflatten(2, (kb, block_size))  # [B, H, KB, bs, D]
-    chunk = max(16, min(2048, (1 << 28) // (b * h * max(nk, kb * d))))
+    chunk = max(16, min(2048, (1 << 27) // (b * h * max(nk, kb * d, len(keeps) * d))))
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         p = torch.softmax((q[:, :, start:stop].float() @ kf.transpose(-1, -2)) * d ** -0.5 + bias, -1)
@@ -191,13 +191,12 @@ def kept_mass_and_error(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_le
         block_out = torch.einsum("bhckj,bhkjd->bhckd", p_blocks, v_blocks)  # each key block's share of the output
         out = block_out.sum(3)
         norm += out.double().square().sum((-1, -2))
-        query_blocks = torch.arange(start, stop, device=q.device) // block_size
-        for t in range(len(keeps)):
-            keep = masks[t][:, :, query_blocks]  # [B, H, c, KB]
-            total = (block_mass * keep).sum(-1, keepdim=True)
-            kept_out = torch.einsum("bhck,bhckd->bhcd", keep, block_out)
-            mass[t] += total.squeeze(-1).double().sum(-1)
-            err[t] += (kept_out / total.clamp_min(1e-30) - out).double().square().sum((-1, -2))
+        keep = masks[:, :, :, torch.arange(start, stop, device=q.device) // block_size]  # [T, B, H, c, KB]
+        total = torch.einsum("tbhck,bhck->tbhc", keep, block_mass)
+        kept_out = torch.einsum("tbhck,bhckd->tbhcd", keep, block_out)  # every threshold in one product
+        mass += total.sum(-1, dtype=torch.float64)
+        diff = kept_out.div_(total.clamp_min(1e-30)[..., None]).sub_(out)  # in place: the largest intermediate
+        err += diff.square_().sum(-1, dtype=torch.float64).sum(-1)
     return (mass / n).mean(1), (err / norm.clamp_min(1e-30)).sqrt().mean(1)
 
 
