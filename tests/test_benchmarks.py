@@ -116,7 +116,9 @@ def test_bench_quality_toy_smoke(tmp_path):
     families = {r["family"] for r in result["rows"]}
     assert {"xattention", "xattention cap", "STA (3D window)", "SVG (spatial/temporal)", "Radial", "random",
             "xattention cap +tile", "xattention calibrated by mass", "xattention calibrated by error",
-            "xattention cap reuse"} <= families
+            "xattention tau fitted", "xattention cap reuse"} <= families
+    fitted = next(r for r in result["rows"] if r["family"] == "xattention tau fitted")
+    assert fitted["params"]["tau"] < 0.95 and fitted["params"]["profiled_density"] <= 0.3 + 1e-9
     assert (tmp_path / "calibrated_error_0.3.yaml").is_file() and (tmp_path / "profile.json").is_file()
     for r in result["rows"]:
         assert 0 < r["density"] <= 1 and r["psnr"] > 0 and 0 < r["ssim"] <= 1
