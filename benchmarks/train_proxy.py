@@ -13,8 +13,8 @@ HunyuanVideo's weights. In one run:
 5. write the model folder (float16 transformer, ``xattn_video.proxy.model.save_proxy``) and ``train_proxy.json``.
 
     python benchmarks/train_proxy.py --out $OUT/proxy            # GPU, ~9 minutes
-    python benchmarks/train_proxy.py --resume xattn_video/proxy/checkpoint --grow-single 4 --out $OUT/proxy
-                                                                   # 4 more single blocks, then trained on
+    python benchmarks/train_proxy.py --resume xattn_video/proxy/checkpoint --grow-single 5 --resume-seconds 390 \
+        --out $OUT/proxy                                          # 5 more single blocks, then trained on
     python benchmarks/train_proxy.py --toy --out /tmp/proxy       # CPU smoke test of this script
 """
 
