@@ -112,6 +112,14 @@ LEVERS = {"": {}, " +tile": {"token_order": "tile"}, " +sink": {"sink_aware": Tr
           " +tile+sink": {"token_order": "tile", "sink_aware": True}}
 
 
+def calibrated_name(by: str, d: float, lever: str) -> str:
+    return f"XAttention calibrated by {by} @{d}{lever}"
+
+
+def fitted_name(d: float, lever: str) -> str:
+    return f"XAttention tau fitted @{d}{lever}"
+
+
 def build_lever_methods(pipe: Any, captions: list[str], size: dict, steps: int, warmup: int, block: int,
                         stride: int, out: Path, toy: bool, profiles: Path | None = None,
                         only: str | None = None) -> list[Method]:
@@ -131,8 +139,8 @@ def build_lever_methods(pipe: Any, captions: list[str], size: dict, steps: int, 
                                       target=d, first_warmup_only=True))
     for name in ("", " +sink") if not toy else ("",):  # tile order did not help calibration (RESULTS.md)
         lever = LEVERS[name]
-        names = [f"XAttention calibrated by {by} @{d}{name}" for d in DENSITIES for by in ("mass", "error")]
-        names += [f"XAttention tau fitted @{d}{name}" for d in DENSITIES]
+        names = [calibrated_name(by, d, name) for d in DENSITIES for by in ("mass", "error")]
+        names += [fitted_name(d, name) for d in DENSITIES]
         if only is not None and not any(re.search(only, n) for n in names):
             continue
         cfg = XAttentionConfig(block_size=block, stride=stride, warmup_steps=warmup, **lever)
@@ -148,24 +156,24 @@ def build_lever_methods(pipe: Any, captions: list[str], size: dict, steps: int, 
             profile = profiler.profile
         profile.save(out / f"profile{tag}.json")
         for d in DENSITIES:
-            fitted = None
             for by in ("mass", "error"):
                 table = choose_thresholds(profile, density=d, by=by)
                 summary = summarise(profile, table)
-                fitted = fitted or summary
+                if by == "mass":
+                    fitted = summary  # its single tau: the grid's most mass within the table's density
                 cfg.replace(threshold=table).save(out / f"calibrated{tag}_{by}_{d}.yaml")
                 print(f"calibrated by {by}{name} @{d}: profiled density {summary['density']:.3f}, mass "
                       f"{summary['mass']:.3f}, error {summary['error']:.3f} (single tau {summary['single_tau']}: "
                       f"{summary['single_tau_density']:.3f}, {summary['single_tau_mass']:.3f}, "
                       f"{summary['single_tau_error']:.3f})", flush=True)
-                methods.append(Method(f"XAttention calibrated by {by} @{d}{name}",
+                methods.append(Method(calibrated_name(by, d, name),
                                       f"xattention calibrated by {by}{name}",
                                       {"threshold": table, "stride": stride, **lever}, target=d,
                                       params={"profile": summary}, first_warmup_only=True))
             # the paper's XAttention at this density: the one tau of the grid that keeps the most profiled mass
             # without exceeding the calibrated table's density (a cap is not the paper's method)
             tau = fitted["single_tau"]
-            methods.append(Method(f"XAttention tau fitted @{d}{name}", f"xattention tau fitted{name}",
+            methods.append(Method(fitted_name(d, name), f"xattention tau fitted{name}",
                                   {"threshold": tau, "stride": stride, **lever}, target=d,
                                   params={"tau": tau, "profiled_density": fitted["single_tau_density"]},
                                   first_warmup_only=True))

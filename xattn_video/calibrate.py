@@ -172,7 +172,7 @@ def kept_mass_and_error(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_le
     blocks they add, so all of them take one product over key blocks, not another pass over every key each."""
     b, h, n, d = q.shape
     nk = k.shape[2]
-    kb = -(-nk // block_size)
+    kb = ceil_div(nk, block_size)
     pad = kb * block_size - nk
     valid = torch.arange(nk, device=q.device)[None, :] < kv_len.to(q.device)[:, None]
     bias = torch.zeros(b, 1, 1, nk, device=q.device).masked_fill(~valid[:, None, None, :], float("-inf"))
