@@ -16,8 +16,10 @@ block-sparse kernel; only the block masks differ:
 - the quality levers (at the first warmup only), each at density 0.3 and 0.15: the 3D-tile token order, the
   sink-aware estimate, per-head thresholds calibrated on *training* captions for that density
   (``xattn_video.calibrate``; by kept mass and by output error), alone and with the sink-aware estimate; the
-  one tau of the profile's grid that fits the density (the paper's method at a matched density); and mask reuse
-  for 2 / 3 / 4 steps.
+  one tau of the profile's grid that fits the density (the paper's method at a matched density); the residual
+  (``residual``: what the masks leave out, measured at the last warmup step and added back), on the capped,
+  calibrated and fitted rows; mask reuse for 2 / 3 / 4 steps; and the oracle: the capped rule on the exact
+  block masses (the ceiling of any selection at that budget; it costs more than dense attention).
 
 Per run: PSNR and SSIM of every video against its dense reference (mean over videos), the caption-following
 rate, the density after warmup, the attention time per step (CUDA events around each attention call, the
@@ -52,8 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from xattn_video import XAttentionConfig, apply_xattention, remove_xattention  # noqa: E402
 from xattn_video.metrics.fidelity import ssim_per_frame, video_psnr  # noqa: E402
-from xattn_video.patterns import (SVG, Band, RandomSource, Radial, StaticSource, SVGSource, Temporal,  # noqa: E402
-                                  VideoLayout, Window3D, fit_density)
+from xattn_video.patterns import (SVG, Band, RandomSource, Radial, ScoredSource, StaticSource, SVGSource,  # noqa: E402
+                                  Temporal, VideoLayout, Window3D, fit_density)
 from xattn_video.proxy.data import caption_split  # noqa: E402
 from xattn_video.proxy.follow import follows_caption  # noqa: E402
 from xattn_video.proxy.train import sample  # noqa: E402
@@ -109,7 +111,8 @@ def build_methods(layout: VideoLayout, block: int, text: int, valid_text: int, t
 
 
 LEVERS = {"": {}, " +tile": {"token_order": "tile"}, " +sink": {"sink_aware": True},
-          " +tile+sink": {"token_order": "tile", "sink_aware": True}}
+          " +tile+sink": {"token_order": "tile", "sink_aware": True}, " +residual": {"residual": True}}
+RESIDUAL = {"": {}, " +residual": {"residual": True}}  # a schedule lever: any table or tau takes it unchanged
 
 
 def calibrated_name(by: str, d: float, lever: str) -> str:
@@ -139,8 +142,9 @@ def build_lever_methods(pipe: Any, captions: list[str], size: dict, steps: int, 
                                       target=d, first_warmup_only=True))
     for name in ("", " +sink") if not toy else ("",):  # tile order did not help calibration (RESULTS.md)
         lever = LEVERS[name]
-        names = [calibrated_name(by, d, name) for d in DENSITIES for by in ("mass", "error")]
-        names += [fitted_name(d, name) for d in DENSITIES]
+        names = [calibrated_name(by, d, name + extra) for d in DENSITIES for by in ("mass", "error")
+                 for extra in RESIDUAL]
+        names += [fitted_name(d, name + extra) for d in DENSITIES for extra in RESIDUAL]
         if only is not None and not any(re.search(only, n) for n in names):
             continue
         cfg = XAttentionConfig(block_size=block, stride=stride, warmup_steps=warmup, **lever)
@@ -166,21 +170,40 @@ def build_lever_methods(pipe: Any, captions: list[str], size: dict, steps: int, 
                       f"{summary['mass']:.3f}, error {summary['error']:.3f} (single tau {summary['single_tau']}: "
                       f"{summary['single_tau_density']:.3f}, {summary['single_tau_mass']:.3f}, "
                       f"{summary['single_tau_error']:.3f})", flush=True)
-                methods.append(Method(calibrated_name(by, d, name),
-                                      f"xattention calibrated by {by}{name}",
-                                      {"threshold": table, "stride": stride, **lever}, target=d,
-                                      params={"profile": summary}, first_warmup_only=True))
+                for extra, more in RESIDUAL.items():
+                    methods.append(Method(calibrated_name(by, d, name + extra),
+                                          f"xattention calibrated by {by}{name}{extra}",
+                                          {"threshold": table, "stride": stride, **lever, **more}, target=d,
+                                          params={"profile": summary}, first_warmup_only=True))
             # the paper's XAttention at this density: the one tau of the grid that keeps the most profiled mass
             # without exceeding the calibrated table's density (a cap is not the paper's method)
             tau = fitted["single_tau"]
-            methods.append(Method(fitted_name(d, name), f"xattention tau fitted{name}",
-                                  {"threshold": tau, "stride": stride, **lever}, target=d,
-                                  params={"tau": tau, "profiled_density": fitted["single_tau_density"]},
-                                  first_warmup_only=True))
+            for extra, more in RESIDUAL.items():
+                methods.append(Method(fitted_name(d, name + extra), f"xattention tau fitted{name}{extra}",
+                                      {"threshold": tau, "stride": stride, **lever, **more}, target=d,
+                                      params={"tau": tau, "profiled_density": fitted["single_tau_density"]},
+                                      first_warmup_only=True))
     for reuse in (2, 3, 4):
         methods.append(Method(f"XAttention tau=0.95 cap=0.3 reuse={reuse}", "xattention cap reuse",
                               {"threshold": 0.95, "stride": stride, "max_density": 0.3, "mask_reuse_steps": reuse},
                               target=0.3, params={"mask_reuse_steps": reuse}, first_warmup_only=True))
+    # residual renewed once mid-way: its refresh step is dense, so the cap of the other steps is lowered to keep
+    # the mean density after the warmup at d
+    sparse_steps = steps - warmup
+    refresh = max(1, (sparse_steps - 1) // 2)
+    n_refresh = sum(1 for s in range(warmup, steps) if (s - warmup + 1) % (refresh + 1) == 0)
+    for d in DENSITIES:
+        cap = (d * sparse_steps - n_refresh) / (sparse_steps - n_refresh)
+        if warmup >= 1 and cap > 0:
+            methods.append(Method(f"XAttention tau=0.95 cap={cap:.3f} +residual refresh={refresh} @{d}",
+                                  "xattention cap +residual refresh",
+                                  {"threshold": 0.95, "stride": stride, "max_density": round(cap, 4),
+                                   "residual": True, "residual_refresh": refresh}, target=d,
+                                  params={"residual_refresh": refresh, "cap": cap}, first_warmup_only=True))
+    for d in DENSITIES:  # the ceiling of any selection at this budget: the capped rule on the true block masses
+        methods.append(Method(f"oracle tau=0.95 cap={d}", "oracle (exact scores)",
+                              {"threshold": 0.95, "stride": stride, "max_density": d}, ScoredSource("exact"),
+                              target=d, first_warmup_only=True))
     return methods
 
 
@@ -373,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
             if time.perf_counter() - t_start > args.budget_s:
                 stopped = f"time budget {args.budget_s:.0f} s reached before {m.name} at warmup {w:.0%}"
                 break
+            if m.config.get("residual") and round(w * steps) < 1:
+                print(f"skipped {m.name} at warmup {w:.0%}: the residual is measured at a dense warmup step")
+                continue
             cfg = XAttentionConfig(block_size=block, warmup_steps=round(w * steps), **m.config)
             videos, stats = run(pipe, captions, seeds, size, steps, len(captions), cfg, m.source)
             row = {"method": m.name, "family": m.family, "warmup": w, "target_density": m.target,

@@ -19,7 +19,7 @@ def test_bench_transformer_tiny_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     labels = [r["row"] for r in result["rows"]]
-    assert labels[:2] == ["stock", "ours tau=1 (dense)"] and len(labels) == 14
+    assert labels[:2] == ["stock", "ours tau=1 (dense)"] and len(labels) == 15
     rows = {r["row"]: r for r in result["rows"]}
     capped = rows["xattn max_density=0.3"]["density"]  # above 0.3 at tiny size: forced text and diagonal blocks
     assert capped < 1 and rows["xattn max_density=0.3, per-head table"]["density"] <= capped + 1e-6
@@ -27,6 +27,9 @@ def test_bench_transformer_tiny_smoke(tmp_path):
     assert rows["xattn max_density=0.3, sink-aware"]["density"] < 1
     assert rows["xattn max_density=0.3, 8-bit"]["density"] == pytest.approx(capped, abs=0.05), "8 bits, same cap"
     assert rows["xattn tau=0.9, dense_above=0.6"]["rel_l2_vs_stock"] < 1e-5, "the fallback ran dense"
+    residual = rows["xattn max_density=0.3, 8-bit, residual"]  # the step after the one measuring the residual
+    assert residual["density"] == pytest.approx(capped, abs=0.05) and residual["residual_gb"] > 0
+    assert residual["previous_step_ms"] > 0
     assert all(r["finite"] for r in result["rows"])
     assert result["rows"][1]["rel_l2_vs_stock"] < 1e-5, "dense path equals stock on the CPU"
     capped = next(r for r in result["rows"] if r["row"] == "xattn max_density=0.3")

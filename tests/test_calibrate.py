@@ -166,6 +166,9 @@ def test_calibration_on_the_tiny_model_end_to_end(tmp_path):
     again = generate(pipe, "a red fox", progress=False, **sizes)
     assert (dense == again).all(), "the profiled run was the dense one, and nothing stays applied"
     assert sorted(profile.calls) == [0, 1, 2, 3] and set(profile.calls.values()) == {2}, "2 steps after warmup"
+    # a config with the residual profiles the same calls (the residual would otherwise hold the warmup's masks)
+    with_residual = profile_thresholds(pipe, ["a red fox"], config.replace(residual=True), progress=False, **sizes)
+    assert with_residual.calls == profile.calls
 
     out = tmp_path / "cal.yaml"
     rc = main(["calibrate", "--model", "tiny", "--prompt", "a red fox", "--frames", "9", "--height", "128",

@@ -248,3 +248,14 @@ def test_mask_reuse_through_the_node(model):
     assert per_step == [["warmup"] * 4, ["estimated"] * 4, ["reused"] * 4, ["estimated"] * 4]
     assert runtime.density_table()[2] == runtime.density_table()[1], "a reused mask keeps its density"
     assert len(runtime.masks) == 0, "nothing kept after the sampler's last step"
+
+
+def test_residual_through_the_node(model):
+    patched, runtime = _patch(model, threshold=0.5, warmup_steps=1, residual_refresh=1)
+    _sample(patched)
+    per_step = [[c.reason for c in runtime.record.calls if c.step == s] for s in range(STEPS)]
+    assert per_step == [["warmup"] * 4, ["residual"] * 4, ["refresh"] * 4, ["residual"] * 4]
+    assert all(c.mask_density is not None for c in runtime.record.calls if c.reason in ("warmup", "refresh"))
+    assert len(runtime.residuals) == 0, "nothing held after the sampler's last step"
+    with pytest.raises(ValueError, match="residual_refresh=-2 is out of range"):
+        _patch(model, threshold=0.5, warmup_steps=1, residual_refresh=-2)

@@ -299,8 +299,9 @@ def profile_thresholds(pipe: Any, prompts: Sequence[str], config: XAttentionConf
     if not prompts:
         raise ValueError("prompts is empty: calibration needs at least one prompt")
     profiler = ThresholdProfiler(taus, query_blocks)
-    # the profiler returns every block; dense_above sends such calls to the host's dense attention (fast)
-    profiling = config.replace(mask_reuse_steps=1, dense_above=0.999, max_density=None)
+    # the profiler returns every block; dense_above sends such calls to the host's dense attention (fast); no
+    # residual: every sparse call must reach the profiler (a residual call attends with its held mask instead)
+    profiling = config.replace(mask_reuse_steps=1, dense_above=0.999, max_density=None, residual=False)
     apply_xattention(pipe, profiling, mask_source=profiler)
     try:
         for i, prompt in enumerate(prompts):

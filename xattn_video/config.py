@@ -208,10 +208,19 @@ class ScheduleConfig:
             with reason ``"above_break_even"`` and the mask's density. Above the break-even the block-sparse
             kernel is slower than dense attention (720p, H200: 89.5% of blocks took 23.9 s a step against
             22.8 s dense), so the break-even lies below 0.895; its value comes from the kernel bench.
+        residual: add back what the masks leave out, as measured at a dense step (``runtime.residual``): the
+            last warmup step also runs each call sparse on a fresh mask and keeps the mask and the difference
+            dense - sparse; the sparse steps attend with that mask and add the difference. Costs one attention
+            output of memory per layer and call. Needs ``warmup_steps`` >= 1 and ``mask_reuse_steps`` = 1 (the
+            masks are held until the next refresh anyway).
+        residual_refresh: with ``residual``, after every this-many sparse steps one step runs dense again
+            (reason ``"refresh"``, counted as density 1) and renews the masks and differences; 0 (default):
+            only the last warmup step measures them.
 
     Example::
 
         schedule = ScheduleConfig(warmup_steps=5, mask_reuse_steps=2, dense_above=0.8)
+        schedule = ScheduleConfig(warmup_steps=3, residual=True, residual_refresh=8)
     """
 
     warmup_steps: int = 5
@@ -221,9 +230,11 @@ class ScheduleConfig:
     unknown_step: str = "dense"
     fallback: str = "dense"
     dense_above: float | None = None
+    residual: bool = False
+    residual_refresh: int = 0
 
     def __post_init__(self) -> None:
-        _check_int(self, ("warmup_steps", "mask_reuse_steps", "min_seq_len"))
+        _check_int(self, ("warmup_steps", "mask_reuse_steps", "min_seq_len", "residual_refresh"))
         if self.dense_above is not None:
             if isinstance(self.dense_above, bool) or not isinstance(self.dense_above, (int, float)) \
                     or not 0.0 < float(self.dense_above) < 1.0:
@@ -235,6 +246,16 @@ class ScheduleConfig:
             raise ValueError(f"mask_reuse_steps={self.mask_reuse_steps} must be >= 1")
         if self.min_seq_len < 0:
             raise ValueError(f"min_seq_len={self.min_seq_len} must be >= 0")
+        if not isinstance(self.residual, bool):
+            raise ValueError(f"residual={self.residual!r} must be true or false")
+        if self.residual_refresh < 0:
+            raise ValueError(f"residual_refresh={self.residual_refresh} must be >= 0 (0: measure at the warmup only)")
+        if self.residual and self.warmup_steps < 1:
+            raise ValueError("residual=True needs warmup_steps >= 1 (the differences are measured at the last "
+                             "warmup step), got warmup_steps=0")
+        if self.residual and self.mask_reuse_steps != 1:
+            raise ValueError(f"residual=True holds each mask until the next refresh; mask_reuse_steps must be 1, "
+                             f"got {self.mask_reuse_steps}")
         if self.unknown_step not in UNKNOWN_STEP_POLICIES:
             raise ValueError(f"unknown_step={self.unknown_step!r} is not one of {UNKNOWN_STEP_POLICIES}")
         if self.fallback not in FALLBACK_POLICIES:

@@ -86,6 +86,20 @@ _MASK_REUSE_INPUT = ("INT", {
     "tooltip": "Reuse each layer's block mask for this many sparse steps (1 = estimate every step). Masks are "
                "kept bit-packed and freed after their last use.",
 })
+_RESIDUAL_INPUT = ("INT", {
+    "default": -1, "min": -1, "max": 100,
+    "tooltip": "Add back what the masks leave out, measured at a dense step: -1 = off; 0 = measured at the last "
+               "warmup step only; N = and again after every N sparse steps (that step runs dense). Holds one "
+               "attention output per layer (HunyuanVideo 720p: 41 GiB); mask_reuse_steps must be 1.",
+})
+
+
+def residual_fields(residual_refresh: int) -> dict[str, Any]:
+    """The node input ``residual_refresh`` (-1 off, 0 warmup only, N every N sparse steps) as config fields."""
+    value = int(residual_refresh)
+    if value < -1:
+        raise ValueError(f"residual_refresh={value} is out of range: accepted -1 (off), 0 or a positive number of steps")
+    return {"residual": value >= 0, "residual_refresh": max(value, 0)}
 
 
 def make_config(threshold: float, stride: int, block_size: int, warmup_steps: int, max_density: float,
@@ -151,7 +165,7 @@ class XAttentionHunyuanVideo:
             "model": ("MODEL", {"tooltip": "A HunyuanVideo or Wan 2.1 / 2.2 model (e.g. from Load Diffusion Model)."}),
             **_config_inputs(),
         }, "optional": {"dense_layers": _DENSE_LAYERS_INPUT, "mask_reuse_steps": _MASK_REUSE_INPUT,
-                        "precision": _PRECISION_INPUT}}
+                        "precision": _PRECISION_INPUT, "residual_refresh": _RESIDUAL_INPUT}}
 
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
@@ -161,12 +175,12 @@ class XAttentionHunyuanVideo:
 
     def patch(self, model: Any, threshold: float, stride: int, block_size: int, warmup_steps: int,
               max_density: float, keep_text: bool, dense_layers: str = "", mask_reuse_steps: int = 1,
-              precision: str = "native") -> tuple[Any]:
+              precision: str = "native", residual_refresh: int = -1) -> tuple[Any]:
         from .native import patch_model
 
         config = make_config(threshold, stride, block_size, warmup_steps, max_density, keep_text,
                              dense_layers=parse_dense_layers(dense_layers), mask_reuse_steps=int(mask_reuse_steps),
-                             precision=precision)
+                             precision=precision, **residual_fields(residual_refresh))
         patched, _ = patch_model(model, config)
         return (patched,)
 
@@ -277,6 +291,7 @@ class XAttentionConfigNode:
                 "dense_layers": _DENSE_LAYERS_INPUT,
                 "mask_reuse_steps": _MASK_REUSE_INPUT,
                 "precision": _PRECISION_INPUT,
+                "residual_refresh": _RESIDUAL_INPUT,
                 "backend": (list(BACKENDS), {"default": "auto", "tooltip": "auto = Triton kernels on CUDA, "
                                                                           "PyTorch's SDPA with a block mask "
                                                                           "elsewhere (reference for 8 bits)."}),
@@ -290,10 +305,12 @@ class XAttentionConfigNode:
 
     def build(self, threshold: float, stride: int, block_size: int, warmup_steps: int, max_density: float,
               keep_text: bool, dense_layers: str = "", backend: str = "auto",
-              mask_reuse_steps: int = 1, precision: str = "native") -> tuple[XAttentionConfig]:
+              mask_reuse_steps: int = 1, precision: str = "native",
+              residual_refresh: int = -1) -> tuple[XAttentionConfig]:
         return (make_config(threshold, stride, block_size, warmup_steps, max_density, keep_text,
                             dense_layers=parse_dense_layers(dense_layers), backend=backend,
-                            mask_reuse_steps=int(mask_reuse_steps), precision=precision),)
+                            mask_reuse_steps=int(mask_reuse_steps), precision=precision,
+                            **residual_fields(residual_refresh)),)
 
 
 class XAttentionApply:

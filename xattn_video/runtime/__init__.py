@@ -6,6 +6,7 @@
 - ``steps.py``: which step a forward belongs to (step index or timestep; CFG calls; restarts);
 - ``padding.py``: the one key-padding-mask parser (host mask -> ``kv_len``);
 - ``masks.py``: masks kept for reuse, bit-packed and freed after their last use;
+- ``residual.py``: what a mask leaves out (dense - sparse), measured at a dense step, added back later;
 - ``record.py``: the typed run record (step x layer x call, per-head densities, time, decision).
 
 Example::

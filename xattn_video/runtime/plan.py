@@ -7,10 +7,13 @@ One function for every host, in this order (the first that applies gives the rea
 3. ``exact``: the op would keep every block of this layer (tau = 1 for all its heads, no density cap);
 4. ``unknown_step``: the host cannot say which step this is and there is a warmup to honour:
    ``unknown_step="dense"`` runs dense, ``"sparse"`` goes on, ``"error"`` raises (logged once);
-5. ``warmup``: the step is one of the first ``warmup_steps``;
-6. ``mask``: the host's attention mask is not a key-padding mask: ``fallback="dense"`` runs the host's own
+5. ``warmup``: the step is one of the first ``warmup_steps``; with ``residual`` the last of them also
+   measures what the sparse masks leave out (``refresh``);
+6. ``refresh``: with ``residual`` and ``residual_refresh`` = R, every (R + 1)-th step after the warmup runs dense
+   and measures it again;
+7. ``mask``: the host's attention mask is not a key-padding mask: ``fallback="dense"`` runs the host's own
    attention (logged once), ``"error"`` raises;
-7. otherwise sparse; the runtime then says where the mask came from (``estimated``, ``reused``, ``source``),
+8. otherwise sparse; the runtime then says where the mask came from (``estimated``, ``reused``, ``source``),
    unless the mask keeps more than ``dense_above`` of the blocks: then the call runs dense after all,
    ``above_break_even`` (decided by the runtime once the mask is known, see ``runtime.XAttentionRuntime``).
 
@@ -27,16 +30,18 @@ from dataclasses import dataclass
 from ..config import XAttentionConfig
 from ..log import log_once
 
-DENSE_REASONS = ("short", "dense_layer", "exact", "unknown_step", "warmup", "mask", "above_break_even")
-SPARSE_REASONS = ("estimated", "reused", "source")
+DENSE_REASONS = ("short", "dense_layer", "exact", "unknown_step", "warmup", "refresh", "mask", "above_break_even")
+SPARSE_REASONS = ("estimated", "reused", "source", "residual")
 
 
 @dataclass(frozen=True)
 class CallPlan:
-    """``sparse`` or dense, and the reason (one of ``DENSE_REASONS``, or "sparse" until the mask is known)."""
+    """``sparse`` or dense, and the reason (one of ``DENSE_REASONS``, or "sparse" until the mask is known);
+    ``refresh``: a dense call that also measures the sparse residual (``runtime.residual``)."""
 
     sparse: bool
     reason: str
+    refresh: bool = False
 
     @property
     def decision(self) -> str:
@@ -64,7 +69,11 @@ def plan_call(config: XAttentionConfig, *, step: int | None, layer: int, n: int,
             return CallPlan(False, "unknown_step")
         log_once(f"xattn_video: {what}; unknown_step='sparse': such calls run sparse")
     elif step is not None and step < schedule.warmup_steps:
-        return CallPlan(False, "warmup")
+        last = schedule.residual and step == schedule.warmup_steps - 1 and padding_why is None
+        return CallPlan(False, "warmup", refresh=last)
+    if step is not None and schedule.residual and schedule.residual_refresh and padding_why is None \
+            and (step - schedule.warmup_steps + 1) % (schedule.residual_refresh + 1) == 0:
+        return CallPlan(False, "refresh", refresh=True)
     if padding_why is not None:
         if schedule.fallback == "error":
             raise ValueError(f"xattn_video: {padding_why}; XAttention needs a key-padding mask (fallback='error')")

@@ -6,7 +6,9 @@ knows of the step (``begin_forward``), and per attention call the layer index an
 host's key-padding mask into ``kv_len``, reuses or estimates the block mask (or asks the mask source), runs
 the op or the dense attention, and records the call (``record.RunRecord``). With ``token_order="tile"`` a
 sparse call's video tokens are permuted into tile order around the op (``xattn_video.token_order``); a call
-whose mask keeps more than ``dense_above`` of its blocks runs dense (``above_break_even``). Under Ulysses
+whose mask keeps more than ``dense_above`` of its blocks runs dense (``above_break_even``). With ``residual`` a
+refresh call (the last warmup step) also runs sparse on a fresh mask and keeps the mask and dense - sparse;
+later sparse calls attend with that mask and add the difference (``runtime.residual``). Under Ulysses
 sequence parallelism (``attend(..., shard=...)``, ``xattn_video.parallel``) a call holds the whole sequence for
 this rank's heads: the plan sees all the model's heads, per-head thresholds are cut to the rank's, and the
 densities (``dense_above``, the record) are those of all heads of all ranks, so every rank decides alike.
@@ -32,9 +34,11 @@ import torch.nn.functional as F
 from ..attention import dense_attention, xattention, xattention_mask
 from ..block_mask import BlockSparseMask
 from ..config import OpConfig, XAttentionConfig, ceil_div
+from ..log import log_once
 from ..parallel import sliced_op
 from ..token_order import inverse_permutation, tile_permutation
 from .masks import MaskCache
+from .residual import ResidualCache
 from .padding import Padding, key_padding
 from .plan import CallPlan, plan_call
 from .record import CallRecord, CallTimer, RunRecord
@@ -107,6 +111,7 @@ class XAttentionRuntime:
         self.clock = StepClock()
         self.record = RunRecord(warmup_steps=config.schedule.warmup_steps)
         self.masks = MaskCache(config.schedule.mask_reuse_steps)
+        self.residuals = ResidualCache()
         self._padding_memo: tuple[Any, int, int, Padding] | None = None
         self._final_step = False
         self._grid: tuple[int, int, int] | None = None
@@ -143,6 +148,7 @@ class XAttentionRuntime:
         needs (the video tokens of every call of this forward)."""
         if self.clock.observe(step, timestep):
             self.masks.clear()
+            self.residuals.clear()
             self.record.clear()  # the record describes the latest run
         self.masks.expire(self.clock.step)
         self._final_step = num_steps is not None and self.clock.step is not None and self.clock.step >= num_steps - 1
@@ -159,6 +165,7 @@ class XAttentionRuntime:
         forward starts a new run. The record stays until then: it describes the run that just ended."""
         self.clock.reset()
         self.masks.clear()
+        self.residuals.clear()
         self._padding_memo = None
 
     def reset(self) -> None:
@@ -205,7 +212,7 @@ class XAttentionRuntime:
                 return dense_attention(q, k, v, padding.kv_len)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
-        if not plan.sparse:
+        if not plan.sparse and not plan.refresh:
             out = dense()
             timer.stop()
             self.record.add(CallRecord(step, call, layer, "dense", plan.reason, 1.0, (1.0,) * h_all), timer)
@@ -220,18 +227,45 @@ class XAttentionRuntime:
         # tile order: the op works on permuted tokens (masks, cached ones included, are in that order)
         order = self._tile_order(q, k, global_start, grid if grid is not None else self._grid, lengths)
         qo, ko, vo = (q, k, v) if order is None else (t.index_select(2, order[0]) for t in (q, k, v))
-        given = self.masks.get(layer=layer, call=call, step=step, lengths=lengths, q_len=n, n_keys=k.shape[2])
-        reason = "reused"
-        if given is None and self.mask_source is not None:
-            request = MaskRequest(qo, ko, kv_len, global_start, layer, step, call, op, vo,
-                                  None if order is None else order[0])
-            given = _checked_source_mask(self.mask_source(request), q, k, kv_len)
-            reason = "source"
-        elif given is None:
-            given = xattention_mask(qo, ko, op, kv_len, layer=layer, global_start=global_start)
-            reason = "estimated"
-        if reason != "reused" and not self._final_step:  # a mask of the last step would never be reused
-            self.masks.put(layer=layer, call=call, step=step, mask=given, lengths=lengths, n_keys=k.shape[2])
+
+        def sparse(with_mask: BlockSparseMask) -> torch.Tensor:
+            out, _ = xattention(qo, ko, vo, op, kv_len, layer=layer, global_start=global_start, mask=with_mask)
+            return out if order is None else out.index_select(2, order[1])
+
+        def fresh_mask() -> tuple[BlockSparseMask, str]:
+            if self.mask_source is not None:
+                request = MaskRequest(qo, ko, kv_len, global_start, layer, step, call, op, vo,
+                                      None if order is None else order[0])
+                return _checked_source_mask(self.mask_source(request), q, k, kv_len), "source"
+            return xattention_mask(qo, ko, op, kv_len, layer=layer, global_start=global_start), "estimated"
+
+        if plan.refresh:  # dense as planned; beside it, what this step's sparse call would leave out
+            out = dense()
+            given, _ = fresh_mask()
+            self.residuals.put(layer=layer, call=call, step=step, mask=given, delta=out - sparse(given),
+                               lengths=lengths, n_keys=k.shape[2])
+            timer.stop()
+            self.record.add(CallRecord(step, call, layer, "dense", plan.reason, 1.0, (1.0,) * h_all,
+                                       mask_density=_densities(given, h, shard)[0]), timer)
+            return out
+
+        held = None
+        if self.config.schedule.residual:
+            held = self.residuals.get(layer=layer, call=call, lengths=lengths, q_len=n, n_keys=k.shape[2])
+            if held is None:
+                log_once(f"xattn_video: residual=True but no difference was measured for layer {layer}, call {call} "
+                         "on inputs of this shape (no refresh step saw them); such calls run plain sparse")
+        if held is not None:
+            given, reason = held.mask, "residual"
+            if self._final_step:  # its last use: a host that never ends the run (ComfyUI) holds nothing after
+                self.residuals.drop(layer=layer, call=call)
+        else:
+            given = self.masks.get(layer=layer, call=call, step=step, lengths=lengths, q_len=n, n_keys=k.shape[2])
+            reason = "reused"
+            if given is None:
+                given, reason = fresh_mask()
+            if reason != "reused" and not self._final_step:  # a mask of the last step would never be reused
+                self.masks.put(layer=layer, call=call, step=step, mask=given, lengths=lengths, n_keys=k.shape[2])
         density, per_head = _densities(given, h, shard)
         dense_above = self.config.schedule.dense_above
         if dense_above is not None and density > dense_above:
@@ -242,9 +276,9 @@ class XAttentionRuntime:
             self.record.add(CallRecord(step, call, layer, "dense", "above_break_even", 1.0, (1.0,) * h_all,
                                        mask_density=density), timer)
             return out
-        out, _ = xattention(qo, ko, vo, op, kv_len, layer=layer, global_start=global_start, mask=given)
-        if order is not None:
-            out = out.index_select(2, order[1])
+        out = sparse(given)
+        if held is not None:
+            out = out + held.delta
         timer.stop()
         self.record.add(CallRecord(step, call, layer, "sparse", reason, density, per_head, mask_density=density),
                         timer)

@@ -1,0 +1,80 @@
+"""What a sparse call leaves out, measured at a dense step and added back at the sparse steps (``residual``).
+
+At a refresh step (the last warmup step, then every ``residual_refresh`` sparse steps) a call runs dense
+attention as usual and, beside it, the block-sparse attention over a freshly chosen mask; the difference
+``dense - sparse`` and the mask are kept per (layer, call). Each later sparse step attends with that same mask
+and adds the difference: the blocks the mask leaves out contribute what they contributed at the refresh step
+instead of nothing. Diffusion steps change attention slowly (masks can be reused for steps at almost no cost,
+RESULTS.md), so the left-out part is nearly constant between refreshes; DiTFastAttn's residual sharing for
+window attention rests on the same observation.
+
+Memory: one attention output per layer and call, in q's dtype (HunyuanVideo 720p: 0.73 GB a layer in bf16,
+44 GB for its 60 layers), and the mask as bits.
+
+Example::
+
+    cache = ResidualCache()
+    cache.put(layer=0, call=0, step=4, mask=mask, delta=dense_out - sparse_out, lengths=(1050,), n_keys=1050)
+    held = cache.get(layer=0, call=0, lengths=(1050,), q_len=1050, n_keys=1050)
+    out = sparse_attention_with(held.mask) + held.delta
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..block_mask import BlockSparseMask
+from .masks import PackedMask
+
+
+@dataclass(frozen=True)
+class Held:
+    """A call's mask and the difference dense - sparse measured with it at ``step``."""
+
+    step: int
+    mask: BlockSparseMask
+    delta: torch.Tensor  # [B, H, N, D]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    step: int
+    lengths: tuple[int, ...]
+    n_keys: int
+    packed: PackedMask
+    delta: torch.Tensor
+
+
+class ResidualCache:
+    """One (mask, dense - sparse) per (layer, call within the step), kept until replaced or cleared."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[int, int], _Entry] = {}
+
+    def put(self, *, layer: int, call: int, step: int, mask: BlockSparseMask, delta: torch.Tensor,
+            lengths: tuple[int, ...], n_keys: int) -> None:
+        self._entries[(layer, call)] = _Entry(step, lengths, n_keys, PackedMask.pack(mask), delta)
+
+    def get(self, *, layer: int, call: int, lengths: tuple[int, ...], q_len: int, n_keys: int) -> Held | None:
+        """The entry of ``(layer, call)`` if it was measured on inputs of this shape, else None."""
+        hit = self._entries.get((layer, call))
+        if hit is None or hit.lengths != lengths or hit.n_keys != n_keys or hit.packed.q_len != q_len:
+            return None
+        return Held(hit.step, hit.packed.unpack(), hit.delta)
+
+    def drop(self, *, layer: int, call: int) -> None:
+        """Forget the entry of ``(layer, call)`` (after its last use: the run's final step)."""
+        self._entries.pop((layer, call), None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the differences and the packed masks."""
+        return sum(e.delta.numel() * e.delta.element_size() + e.packed.nbytes for e in self._entries.values())
