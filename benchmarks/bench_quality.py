@@ -194,12 +194,14 @@ def build_lever_methods(pipe: Any, captions: list[str], size: dict, steps: int, 
     n_refresh = sum(1 for s in range(warmup, steps) if (s - warmup + 1) % (refresh + 1) == 0)
     for d in DENSITIES:
         cap = (d * sparse_steps - n_refresh) / (sparse_steps - n_refresh)
-        if warmup >= 1 and cap > 0:
-            methods.append(Method(f"XAttention tau=0.95 cap={cap:.3f} +residual refresh={refresh} @{d}",
-                                  "xattention cap +residual refresh",
+        if warmup < 1 or cap <= 0:
+            continue
+        for tag, arith in (("", {}), (" 8-bit", {"precision": "int8-fp8", "estimate_precision": "fp8"})):
+            methods.append(Method(f"XAttention tau=0.95 cap={cap:.3f} +residual refresh={refresh} @{d}{tag}",
+                                  "xattention cap +residual refresh" + tag,
                                   {"threshold": 0.95, "stride": stride, "max_density": round(cap, 4),
-                                   "residual": True, "residual_refresh": refresh}, target=d,
-                                  params={"residual_refresh": refresh, "cap": cap}, first_warmup_only=True))
+                                   "residual": True, "residual_refresh": refresh, **arith}, target=d,
+                                  params={"residual_refresh": refresh, "cap": cap, **arith}, first_warmup_only=True))
     for d in DENSITIES:  # the ceiling of any selection at this budget: the capped rule on the true block masses
         methods.append(Method(f"oracle tau=0.95 cap={d}", "oracle (exact scores)",
                               {"threshold": 0.95, "stride": stride, "max_density": d}, ScoredSource("exact"),
