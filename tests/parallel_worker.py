@@ -150,6 +150,17 @@ def _checks(rank: int, world: int) -> dict:
     res["cp_first_record"] = [c.key() for c in rt.record.calls]
     masks[:] = []
 
+    # -- the residual (measured at the warmup step, added back after): one process, then under Ulysses ---------
+    with_residual = cfg.replace(mask_reuse_steps=1, residual=True)
+    for key, parallel in (("res_single", False), ("res_cp", True)):
+        third = tiny_transformer()
+        if parallel:
+            enable_context_parallel(third)
+        rt = apply_xattention(third, with_residual)
+        res[f"{key}_out"] = _run(third, x)
+        res[f"{key}_record"] = [c.key() for c in rt.record.calls]
+    masks[:] = []
+
     # -- refused configurations ----------------------------------------------------------------------------
     res["err_ring"] = _errors(lambda: enable_context_parallel(tiny_transformer(), ContextParallelConfig(ring_degree=2)))
     three = _three_heads()

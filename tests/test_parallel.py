@@ -106,6 +106,17 @@ def test_identical_decisions_on_every_rank_and_as_one_process(ranks):
     assert all(len(c[6]) == 2 for c in ranks[0]["cp_record"]), "per-head densities of both ranks' heads"
 
 
+def test_residual_under_ulysses_equals_one_process(ranks):
+    """Each rank measures and adds back the difference of its own heads: the same outputs and decisions."""
+    single = ranks[0]["res_single_record"]
+    assert "residual" in {c[4] for c in single}
+    for r in ranks:
+        assert [c[:5] for c in r["res_cp_record"]] == [c[:5] for c in single]
+        for cp, one in zip(r["res_cp_out"], r["res_single_out"]):
+            assert _close(cp, one)
+    assert not _close(ranks[0]["res_single_out"][1], ranks[0]["single_out"][1], 1e-4), "the residual was added"
+
+
 def test_error_cases(ranks):
     for r in ranks:
         assert r["err_ring"].startswith("ValueError: XAttention does not run under ring attention (ring_degree=2)")

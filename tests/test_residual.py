@@ -157,3 +157,19 @@ def test_cache_matches_shapes():
     assert held.step == 3 and held.delta is delta and torch.equal(held.mask.to_dense(), mask.to_dense())
     assert cache.get(layer=1, call=1, lengths=(64,), q_len=64, n_keys=64) is None
     assert cache.get(layer=1, call=0, lengths=(60,), q_len=64, n_keys=64) is None
+
+
+def test_through_a_diffusers_pipeline_and_freed_at_its_end():
+    from xattn_video import apply_xattention, remove_xattention
+    from xattn_video.pipelines.hunyuan_video import generate, load_pipeline
+
+    pipe = load_pipeline("tiny")
+    runtime = apply_xattention(pipe, XAttentionConfig(block_size=32, stride=8, threshold=0.5, warmup_steps=1,
+                                                      residual=True, residual_refresh=1))
+    try:
+        generate(pipe, "a red fox", num_frames=9, height=128, width=128, num_inference_steps=4, progress=False)
+    finally:
+        remove_xattention(pipe)
+    reasons = runtime.record.decision_table()  # {step: {layer: reason of its first call}}
+    assert [set(reasons[s].values()) for s in range(4)] == [{"warmup"}, {"residual"}, {"refresh"}, {"residual"}]
+    assert len(runtime.residuals) == 0, "the pipeline's end freed the differences"
