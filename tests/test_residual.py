@@ -103,6 +103,14 @@ def test_refresh_steps_renew_the_difference_and_count_as_dense():
     # the mean density after the warmup counts the refresh step as dense
     sparse = [c.density for c in runtime.record.calls[1:] if c.decision == "sparse"]
     assert runtime.record.mean_density_after_warmup() == pytest.approx((sum(sparse) + 1.0) / 5)
+    # a refresh at the run's last step measures nothing (it would never be used)
+    runtime.end_run()
+    runtime.begin_forward(step=0, num_steps=4)
+    runtime.attend(q, k, v, layer=0)
+    runtime.begin_forward(step=3, num_steps=4)  # a refresh step (1 + 2 sparse steps) and the last one
+    runtime.attend(q, k, v, layer=0)
+    assert runtime.record.calls[-1].reason == "refresh" and runtime.record.calls[-1].mask_density is None
+    assert len(runtime.residuals) == 0
 
 
 def test_residual_in_tile_order_is_exact_on_the_refresh_inputs():

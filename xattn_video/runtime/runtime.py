@@ -38,10 +38,10 @@ from ..log import log_once
 from ..parallel import sliced_op
 from ..token_order import inverse_permutation, tile_permutation
 from .masks import MaskCache
-from .residual import ResidualCache
 from .padding import Padding, key_padding
 from .plan import CallPlan, plan_call
 from .record import CallRecord, CallTimer, RunRecord
+from .residual import ResidualCache
 from .steps import StepClock
 
 
@@ -212,7 +212,10 @@ class XAttentionRuntime:
                 return dense_attention(q, k, v, padding.kv_len)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
-        if not plan.sparse and not plan.refresh:
+        measure = plan.refresh and not self._final_step  # a difference measured at the last step is never used
+        if not plan.sparse and not measure:
+            if self._final_step:  # nothing held for this call will be used again
+                self.residuals.drop(layer=layer, call=call)
             out = dense()
             timer.stop()
             self.record.add(CallRecord(step, call, layer, "dense", plan.reason, 1.0, (1.0,) * h_all), timer)
@@ -239,7 +242,7 @@ class XAttentionRuntime:
                 return _checked_source_mask(self.mask_source(request), q, k, kv_len), "source"
             return xattention_mask(qo, ko, op, kv_len, layer=layer, global_start=global_start), "estimated"
 
-        if plan.refresh:  # dense as planned; beside it, what this step's sparse call would leave out
+        if measure:  # dense as planned; beside it, what this step's sparse call would leave out
             out = dense()
             given, _ = fresh_mask()
             self.residuals.put(layer=layer, call=call, step=step, mask=given, delta=out - sparse(given),
