@@ -38,7 +38,8 @@ class CallRecord:
         density: fraction of block pairs computed (1.0 when dense).
         head_density: per head, mean over the batch (all 1.0 when dense).
         mask_density: the density of the block mask the call selected (sparse calls: ``density``;
-            ``above_break_even``: the density that sent it dense); None when no mask was selected.
+            ``above_break_even``: the density that sent it dense; a dense call measuring the residual: the
+            density of the mask it measured with); None when no mask was selected.
         time_s: wall time of the attention (GPU time between CUDA events on a GPU), None until resolved.
     """
 
