@@ -112,7 +112,7 @@ def build_methods(layout: VideoLayout, block: int, text: int, valid_text: int, t
 
 LEVERS = {"": {}, " +tile": {"token_order": "tile"}, " +sink": {"sink_aware": True},
           " +tile+sink": {"token_order": "tile", "sink_aware": True}, " +residual": {"residual": True}}
-RESIDUAL = {"": {}, " +residual": {"residual": True}}  # a schedule lever: any table or tau takes it unchanged
+RESIDUAL = {"": {}, " +residual": LEVERS[" +residual"]}  # a schedule lever: any table or tau takes it unchanged
 
 
 def calibrated_name(by: str, d: float, lever: str) -> str:
