@@ -13,7 +13,8 @@ One function for every host, in this order (the first that applies gives the rea
    and measures it again;
 7. ``mask``: the host's attention mask is not a key-padding mask: ``fallback="dense"`` runs the host's own
    attention (logged once), ``"error"`` raises;
-8. otherwise sparse; the runtime then says where the mask came from (``estimated``, ``reused``, ``source``),
+8. otherwise sparse; the runtime then says where the mask came from (``estimated``, ``reused``, ``source``,
+   ``residual``: held since the last measuring step, its difference added),
    unless the mask keeps more than ``dense_above`` of the blocks: then the call runs dense after all,
    ``above_break_even`` (decided by the runtime once the mask is known, see ``runtime.XAttentionRuntime``).
 
