@@ -118,3 +118,12 @@ def test_compare_puts_back_an_applied_xattention(pipe):
         assert result.record is not mine.record and len(mine.record) == 0
     finally:
         remove_xattention(pipe)
+
+
+def test_compare_with_the_residual(pipe):
+    """The untimed warm-up runs a sparse step without warmup: the residual is left out of it, not refused."""
+    cfg = load_config("tiny_cpu").replace(warmup_steps=1, residual=True)
+    result = compare(pipe, "a lighthouse at dusk", cfg, progress=False, **SIZES)
+    reasons = result.report["density"]["reasons"]
+    assert [set(row) for row in reasons] == [{"warmup"}, {"residual"}, {"residual"}]
+    assert result.report["identical"] is False and math.isfinite(result.report["fidelity"]["psnr"]["mean"])

@@ -373,7 +373,7 @@ def _warm_up(pipe: Any, prompt: str, config: XAttentionConfig, seed: int, sizes:
     """One dense step with decode, then one sparse step without, untimed."""
     one_step = {**sizes, "num_inference_steps": 1}
     timed_generate(pipe, prompt, seed=seed, progress=False, **one_step)
-    apply_xattention(pipe, config.replace(warmup_steps=0))
+    apply_xattention(pipe, config.replace(warmup_steps=0, residual=False))  # the residual needs a warmup step
     try:
         pipe.set_progress_bar_config(disable=True)
         pipe(**call_arguments(pipe, prompt, seed=seed, output_type="latent", **one_step))
