@@ -56,11 +56,17 @@ class PackedMask:
 
 
 @dataclass(frozen=True)
-class _Entry:
+class StoredMask:
+    """A packed mask with the step and the input shape it was chosen for (the mask and residual caches' entry)."""
+
     step: int
     lengths: tuple[int, ...]
     n_keys: int
     packed: PackedMask
+
+    def fits(self, lengths: tuple[int, ...], q_len: int, n_keys: int) -> bool:
+        """Whether a call with these key lengths, query and key counts may use the mask."""
+        return self.lengths == lengths and self.n_keys == n_keys and self.packed.q_len == q_len
 
 
 class MaskCache:
@@ -68,7 +74,7 @@ class MaskCache:
 
     def __init__(self, reuse_steps: int) -> None:
         self.reuse_steps = reuse_steps
-        self._entries: dict[tuple[int, int], _Entry] = {}
+        self._entries: dict[tuple[int, int], StoredMask] = {}
 
     def get(self, *, layer: int, call: int, step: int | None, lengths: tuple[int, ...], q_len: int,
             n_keys: int) -> BlockSparseMask | None:
@@ -80,8 +86,7 @@ class MaskCache:
         age = step - hit.step
         if age == 0:  # stored by this very step: nothing to reuse yet
             return None
-        if not 0 < age < self.reuse_steps or hit.lengths != lengths or hit.n_keys != n_keys \
-                or hit.packed.q_len != q_len:
+        if not 0 < age < self.reuse_steps or not hit.fits(lengths, q_len, n_keys):
             del self._entries[key]  # stale or for other inputs: it will not be used again
             return None
         if age == self.reuse_steps - 1:
@@ -92,7 +97,7 @@ class MaskCache:
             n_keys: int) -> None:
         """Keep ``mask`` for reuse in the next steps (nothing is kept without reuse or a known step)."""
         if self.reuse_steps > 1 and step is not None:
-            self._entries[(layer, call)] = _Entry(step, lengths, n_keys, PackedMask.pack(mask))
+            self._entries[(layer, call)] = StoredMask(step, lengths, n_keys, PackedMask.pack(mask))
 
     def expire(self, step: int | None) -> None:
         """Drop every entry that cannot serve ``step`` or a later step."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from ..block_mask import BlockSparseMask
-from .masks import PackedMask
+from .masks import PackedMask, StoredMask
 
 
 @dataclass(frozen=True)
@@ -38,31 +38,23 @@ class Held:
     delta: torch.Tensor  # [B, H, N, D]
 
 
-@dataclass(frozen=True)
-class _Entry:
-    step: int
-    lengths: tuple[int, ...]
-    n_keys: int
-    packed: PackedMask
-    delta: torch.Tensor
-
-
 class ResidualCache:
     """One (mask, dense - sparse) per (layer, call within the step), kept until replaced or cleared."""
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[int, int], _Entry] = {}
+        self._entries: dict[tuple[int, int], tuple[StoredMask, torch.Tensor]] = {}
 
     def put(self, *, layer: int, call: int, step: int, mask: BlockSparseMask, delta: torch.Tensor,
             lengths: tuple[int, ...], n_keys: int) -> None:
-        self._entries[(layer, call)] = _Entry(step, lengths, n_keys, PackedMask.pack(mask), delta)
+        self._entries[(layer, call)] = (StoredMask(step, lengths, n_keys, PackedMask.pack(mask)), delta)
 
     def get(self, *, layer: int, call: int, lengths: tuple[int, ...], q_len: int, n_keys: int) -> Held | None:
         """The entry of ``(layer, call)`` if it was measured on inputs of this shape, else None."""
         hit = self._entries.get((layer, call))
-        if hit is None or hit.lengths != lengths or hit.n_keys != n_keys or hit.packed.q_len != q_len:
+        if hit is None or not hit[0].fits(lengths, q_len, n_keys):
             return None
-        return Held(hit.step, hit.packed.unpack(), hit.delta)
+        stored, delta = hit
+        return Held(stored.step, stored.packed.unpack(), delta)
 
     def drop(self, *, layer: int, call: int) -> None:
         """Forget the entry of ``(layer, call)`` (after its last use: the run's final step)."""
@@ -77,4 +69,4 @@ class ResidualCache:
     @property
     def nbytes(self) -> int:
         """Bytes held by the differences and the packed masks."""
-        return sum(e.delta.numel() * e.delta.element_size() + e.packed.nbytes for e in self._entries.values())
+        return sum(d.numel() * d.element_size() + m.packed.nbytes for m, d in self._entries.values())
