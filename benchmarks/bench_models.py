@@ -19,7 +19,8 @@ attention is nearly uniform, so tau = 0.9 hits the cap: the rows measure speed a
     python benchmarks/bench_models.py --model wan --out $OUT/models_wan.json
     python benchmarks/bench_models.py --model hunyuan15 --out $OUT/models_hunyuan15.json
     python benchmarks/bench_models.py --model wan --rows "stock,8-bit" --out $OUT/wan_8bit.json    # some rows
-    python benchmarks/bench_models.py --model wan --fp8-linear --out $OUT/wan_fp8.json   # linears in float8 (torchao)
+    python benchmarks/bench_models.py --model wan --fp8-linear --out $OUT/wan_fp8.json   # linears in float8
+    python benchmarks/bench_models.py --model wan --compile --fp8-linear --out $OUT/wan_c.json  # regional compile
     python benchmarks/bench_models.py --tiny --out /tmp/models.json      # CPU smoke test (tiny models)
 """
 
@@ -40,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_transformer import rel_l2, sync, time_forward  # noqa: E402
 
-from xattn_video import XAttentionConfig, apply_xattention, remove_xattention  # noqa: E402
+from xattn_video import XAttentionConfig, apply_xattention, quantize_linears_fp8, remove_xattention  # noqa: E402
 from xattn_video.attention import dense_attention, xattention  # noqa: E402
 
 ROWS = [  # label, config overrides (None = stock processors)
@@ -134,20 +135,6 @@ def config_for(overrides: dict, backend: str, tiny: bool) -> XAttentionConfig:
                             **overrides)
 
 
-def quantize_linears_fp8(model: torch.nn.Module) -> None:
-    """The model's linear layers (sides divisible by 16, as the fp8 GEMM needs; the embedders excepted) to torchao's
-    float8 dynamic quantization: activations and weights in e4m3 with one scale per row."""
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
-
-    def fits(module: torch.nn.Module, name: str) -> bool:
-        # not the condition embedders: the text arrives padded with zero rows, whose per-row scale is 0 (0 / 0 =
-        # NaN in torchao 0.18: every output NaN on the H200); they run once a step on a few hundred tokens
-        return isinstance(module, torch.nn.Linear) and module.in_features % 16 == 0 \
-            and module.out_features % 16 == 0 and "embedder" not in name
-
-    quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=fits)
-
-
 def warm_up_kernels(n: int, n_valid: int, heads: int, head_dim: int, n_video: int | None, device, dtype,
                     backend: str, tiny: bool) -> None:
     """Compile and autotune the Triton kernels at this length, so that no timed row pays for it."""
@@ -165,7 +152,7 @@ def bench_model(name: str, args, device, dtype, backend: str) -> list[dict]:
     t0 = time.perf_counter()
     model = build_model(name, device, dtype, args.tiny)
     if args.fp8_linear:
-        quantize_linears_fp8(model)
+        print(f"{quantize_linears_fp8(model)} linear layers in float8", flush=True)
     params = sum(p.numel() for p in model.parameters()) / 1e9
     print(f"{spec['label']}: model built in {time.perf_counter() - t0:.1f} s ({params:.2f} B params)", flush=True)
     valid = min(args.valid_text, spec["tiny_text" if args.tiny else "text"])
@@ -182,8 +169,17 @@ def bench_model(name: str, args, device, dtype, backend: str) -> list[dict]:
             runtime = None
         else:
             runtime = apply_xattention(model, config_for(overrides, backend, args.tiny))
+        compile_s = None
         try:
             with torch.no_grad():
+                if args.compile:  # each block class compiled once (diffusers' regional compilation), untimed
+                    model.compile_repeated_blocks()
+                    t0 = time.perf_counter()
+                    model(**inputs)
+                    sync(device)
+                    compile_s = time.perf_counter() - t0
+                    if runtime is not None:
+                        runtime.reset()  # the timed forward estimates its masks anew
                 ms, out, breakdown = time_forward(model, inputs, device, args.profile)
             peak = breakdown.pop("peak_mem_gb")
         except torch.OutOfMemoryError as e:  # the stock HunyuanVideo 1.5 call builds an N x N mask
@@ -191,6 +187,11 @@ def bench_model(name: str, args, device, dtype, backend: str) -> list[dict]:
             print(f"  {label:20s} out of memory", flush=True)
             torch.cuda.empty_cache()
             continue
+        finally:
+            if args.compile:  # back to eager for the next row: its processors would only recompile the blocks
+                for m in model.modules():
+                    m._compiled_call_impl = None
+                torch._dynamo.reset()
         if reference is None and overrides is None:
             reference = out.float().clone()
         densities = [d for layers in (runtime.density_table().values() if runtime else []) for d in layers.values()]
@@ -198,6 +199,7 @@ def bench_model(name: str, args, device, dtype, backend: str) -> list[dict]:
                "tokens": n, "params_b": params, "forward_ms": ms,
                "density": sum(densities) / len(densities) if densities else 1.0,
                "rel_l2_vs_stock": rel_l2(out, reference) if reference is not None else None,
+               "compiled": "regional" if args.compile else None, "first_call_s": compile_s,
                "finite": bool(torch.isfinite(out).all()), "peak_mem_gb": peak,
                "reasons": runtime.record.counts() if runtime else None, **breakdown}
         rows.append(row)
@@ -240,21 +242,16 @@ def main() -> None:
                    "the profiled forward runs a little slower)")
     p.add_argument("--rows", help="comma-separated substrings of the row labels to run (default: all)")
     p.add_argument("--fp8-linear", action="store_true", help="every row with the model's linear layers in float8 "
-                   "(torchao's dynamic float8 activations and weights, per-row scales; a GPU with fp8 tensor cores; "
-                   "torchao is this option's dependency only): what the rest of the step costs in 8 bits")
+                   "(`quantize_linears_fp8`: e4m3 weights and activations, per-row scales; a GPU with fp8 tensor "
+                   "cores): what the rest of the step costs in 8 bits")
+    p.add_argument("--compile", action="store_true", help="every row with the model's repeated blocks compiled "
+                   "(`compile_repeated_blocks`, inductor; an untimed first forward compiles, `first_call_s`)")
     p.add_argument("--out", default="bench_models.json")
     args = p.parse_args()
     names = args.model.split(",")
     bad = [n for n in names if n not in MODELS]
     if bad:
         p.error(f"--model {','.join(bad)}: accepted: {', '.join(MODELS)}")
-    if args.fp8_linear and args.tiny:
-        p.error("--fp8-linear needs a GPU with fp8 tensor cores; --tiny runs on the CPU")
-    if args.fp8_linear:
-        try:
-            import torchao  # noqa: F401
-        except ImportError as e:
-            p.error(f"--fp8-linear needs torchao ({e}); pip install torchao")
 
     device = torch.device("cpu" if args.tiny else "cuda")
     dtype = torch.float32 if args.tiny else torch.bfloat16
@@ -265,7 +262,8 @@ def main() -> None:
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
         "command": " ".join(sys.argv), "weights": "random (not a trained model)",
-        "linear_layers": "float8 (torchao, per-row scales)" if args.fp8_linear else str(dtype), "rows": [],
+        "linear_layers": "float8 (quantize_linears_fp8, per-row scales)" if args.fp8_linear else str(dtype),
+        "compile": "regional (compile_repeated_blocks, inductor)" if args.compile else None, "rows": [],
     }
     try:
         import diffusers

@@ -328,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
                     "fp8, fp8) of the attention and the estimate")
     ap.add_argument("--size", default=None,
                     help="frames x height x width in pixels, e.g. 9x32x32 (default 17x64x64; --toy: 5x32x32)")
+    ap.add_argument("--fp8-linear", action="store_true",
+                    help="every method with the transformer's linear layers in float8 (quantize_linears_fp8), "
+                    "against the same bf16 dense reference, and a first row 'dense, float8 linears'")
     ap.add_argument("--toy", action="store_true", help="CPU smoke test: small video, few methods")
     args = ap.parse_args(argv)
     if args.size is not None:
@@ -373,6 +376,12 @@ def main(argv: list[str] | None = None) -> int:
             "size": size, "video_tokens": layout.num_tokens, "text_tokens": text, "valid_text_tokens": valid_text,
             "block_size": block, "steps": steps, "prompts": held[:args.prompts], "seeds_per_prompt": args.seeds,
             "dense": {**dense_stats, "follow": dense_follow}}
+    if args.fp8_linear:  # after the reference: it stays the bf16 model's dense video
+        from xattn_video import quantize_linears_fp8
+
+        meta["fp8_linear_layers"] = quantize_linears_fp8(pipe.transformer)
+        methods.insert(0, Method("dense, float8 linears", "dense float8 linears", {"threshold": 1.0}, target=1.0,
+                                 first_warmup_only=True))
     for stride in (8, 16):  # untimed: kernel compilation and autotuning fall on no measured run
         run(pipe, captions, seeds, size, 2, len(captions), XAttentionConfig(block_size=block, stride=stride,
             threshold=0.9, warmup_steps=0), None)

@@ -160,6 +160,33 @@ def test_compare_wan22_dense_vs_sparse(folders, tmp_path):
     assert [n.split(".")[0] for n in layers] == ["transformer"] * 2 + ["transformer_2"] * 2, layers
 
 
+def test_generate_with_float8_linears_and_compiled_blocks(folders, tmp_path, monkeypatch):
+    """--fp8-linear then --compile on both Wan 2.2 experts (compiled with aot_eager here: inductor on a CPU takes
+    minutes to compile), and the video made through the float8 layers."""
+    from diffusers import ModelMixin
+
+    import xattn_video.fp8_linear as fp8_linear
+    from xattn_video.fp8_linear import Float8Linear
+
+    calls, quantize, compile_blocks = [], fp8_linear.quantize_linears_fp8, ModelMixin.compile_repeated_blocks
+    monkeypatch.setattr(fp8_linear, "quantize_linears_fp8", lambda m: calls.append(("fp8", m)) or quantize(m))
+    monkeypatch.setattr(ModelMixin, "compile_repeated_blocks",
+                        lambda self: calls.append(("compile", self)) or compile_blocks(self, backend="aot_eager"))
+    out = tmp_path / "gen"
+    rc = main(["generate", "--prompt", "a red fox", "--model", str(folders["wan22"]), *SIZE, "--fp8-linear",
+               "--compile", "--out", str(out)])
+    assert rc == 0 and read_mp4(out / "video.mp4").shape == (9, 128, 128, 3)
+    timing = json.loads((out / "summary.json").read_text())["timing"]
+    assert len(timing["step_s"]) == 2 and timing["attention_s"] is None  # no clock inside the compiled blocks
+    assert [kind for kind, _ in calls] == ["fp8", "fp8", "compile", "compile"]
+    experts = [m for _, m in calls[:2]]
+    assert experts[0] is not experts[1] and [m for _, m in calls[2:]] == experts
+    for expert in experts:  # every block's projections ran in float8; the condition embedders did not
+        layers = dict(expert.named_modules())
+        assert all(isinstance(layers[f"blocks.{i}.attn1.{p}"], Float8Linear) for i in range(2) for p in "to_q to_k".split())
+        assert not any(isinstance(m, Float8Linear) for n, m in layers.items() if "embedder" in n)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--frames", "10"], "--frames=10 must be 4k+1"),
     (["--height", "100"], "--height=100 must be a multiple of 16"),

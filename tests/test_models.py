@@ -269,12 +269,14 @@ def test_video_grid_of_each_model():
     assert video_grid(tiny_hunyuan15(), torch.zeros(1, 4, 3, 6, 6)) == (3, 6, 6)
 
 
-@pytest.mark.parametrize("name", ["wan_720p", "hunyuan15_720p"])
+@pytest.mark.parametrize("name", ["wan_720p", "wan_720p_8bit", "hunyuan15_720p"])
 def test_presets_load_and_say_uncalibrated(name):
     from xattn_video.config import PRESET_DIR, load_config
 
     cfg = load_config(name)
     assert (cfg.threshold, cfg.max_density, cfg.warmup_steps, cfg.block_size) == (0.9, 0.3, 10, 128)
+    eight_bit = name.endswith("8bit")
+    assert (cfg.op.precision, cfg.op.estimate_precision) == (("int8-fp8", "fp8") if eight_bit else ("native", "native"))
     assert "UNCALIBRATED" in (PRESET_DIR / f"{name}.yaml").read_text()
 
 

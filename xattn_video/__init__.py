@@ -14,7 +14,7 @@ from .config import OpConfig, ScheduleConfig, XAttentionConfig
 
 __all__ = [
     "XAttentionConfig", "OpConfig", "ScheduleConfig", "BlockSparseMask", "xattention", "apply_xattention",
-    "remove_xattention", "XAttentionRuntime", "MaskRequest",
+    "remove_xattention", "XAttentionRuntime", "MaskRequest", "quantize_linears_fp8",
 ]
 __version__ = "0.1.0"
 
@@ -29,4 +29,8 @@ def __getattr__(name: str):
         from . import runtime
 
         return getattr(runtime, name)
+    if name == "quantize_linears_fp8":
+        from . import fp8_linear
+
+        return fp8_linear.quantize_linears_fp8
     raise AttributeError(f"module 'xattn_video' has no attribute {name!r}")

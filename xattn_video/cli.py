@@ -6,6 +6,8 @@ Examples::
     xattn-video compare --prompt "a red fox" --model /models/HunyuanVideo --config hunyuan_720p_fast \\
         --frames 129 --height 720 --width 1280 --steps 50 --out out/fox
     xattn-video generate --prompt "a red fox" --model /models/Wan2.1-T2V-14B-Diffusers --out out/wan  # wan_720p
+    xattn-video generate --prompt "a red fox" --model /models/Wan2.1-T2V-14B-Diffusers --config wan_720p_8bit \
+        --fp8-linear --compile --out out/wan8   # 8-bit attention, float8 linears, compiled blocks
     xattn-video report out/fox                                          # re-render report.md and plots
     xattn-video calibrate --model /models/HunyuanVideo --prompt "a red fox" --prompt "a city at night" \\
         --frames 129 --height 720 --width 1280 --steps 50 --query-blocks 32 --out fox_calibrated.yaml
@@ -64,6 +66,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup", type=_positive("--warmup", 0), help="override the config's warmup steps")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--fp8-linear", action="store_true", help="the transformer's linear layers in float8 "
+                   "(quantize_linears_fp8; fp8 tensor cores: Ada, Hopper or newer); pays off with --compile")
+    p.add_argument("--compile", action="store_true", help="compile the transformer's repeated blocks "
+                   "(torch.compile, inductor); the first step pays for compiling")
 
 
 def _fraction(name: str):
@@ -166,11 +172,33 @@ def _load(args: argparse.Namespace) -> tuple[Any, int]:
         rank, world, device = init_from_torchrun(args.device)
         _OWN_GROUP[0] = joined
     pipe = load_pipeline(args.model, device=device)
+    _speed_options(pipe, args)
     if world > 1:
         from .context_parallel import enable_context_parallel
 
         enable_context_parallel(pipe)
     return pipe, rank
+
+
+def _speed_options(pipe: Any, args: argparse.Namespace) -> None:
+    """``--fp8-linear``, then ``--compile`` (the compiled blocks trace the float8 layers), on every transformer of
+    the pipeline (Wan 2.2 has two)."""
+    import torch
+
+    transformers = [t for t in (pipe.transformer, getattr(pipe, "transformer_2", None)) if t is not None]
+    if args.fp8_linear:
+        from .fp8_linear import quantize_linears_fp8
+
+        device = next(pipe.transformer.parameters()).device
+        if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+            major, minor = torch.cuda.get_device_capability(device)
+            raise ValueError(f"--fp8-linear needs fp8 tensor cores (compute capability 8.9 or newer: Ada, Hopper); "
+                             f"{torch.cuda.get_device_name(device)} is {major}.{minor}")
+        count = sum(quantize_linears_fp8(t) for t in transformers)
+        logging.getLogger(__name__).warning("%d linear layers in float8", count)
+    if args.compile:
+        for t in transformers:
+            t.compile_repeated_blocks()
 
 
 def _generate(args: argparse.Namespace) -> int:

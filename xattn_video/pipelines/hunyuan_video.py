@@ -227,10 +227,11 @@ class Generation:
     denoise_s: float
     decode_s: float
     step_s: list[float]
-    attention_s: list[float]
+    attention_s: list[float] | None  # None: not timed (compiled blocks)
 
     def run_timing(self) -> RunTiming:
-        return RunTiming(self.total_s, self.denoise_s, self.decode_s, list(self.step_s), list(self.attention_s))
+        return RunTiming(self.total_s, self.denoise_s, self.decode_s, list(self.step_s),
+                         None if self.attention_s is None else list(self.attention_s))
 
     def timing(self) -> dict[str, Any]:
         return self.run_timing().to_dict()
@@ -244,7 +245,8 @@ def timed_generate(pipe: Any, prompt: str, *, num_frames: int, height: int, widt
     The call is ``call_arguments`` (``guidance_scale`` None: the pipeline's default). The timers are diffusers
     hooks (``"xattn_video_timing"``) on the transformers (Wan 2.2: both experts) and their block attention
     modules, and a wrapper around the scheduler's ``step``, all removed afterwards; the attention processors are
-    not touched."""
+    not touched. Attention is not timed (``attention_s`` None) when a transformer has compiled modules: a hook
+    around the attention module would break each compiled block's graph in two."""
     kwargs = call_arguments(pipe, prompt, num_frames=num_frames, height=height, width=width,
                             num_inference_steps=num_inference_steps, seed=seed, guidance_scale=guidance_scale)
     device = torch.device(pipe._execution_device if hasattr(pipe, "_execution_device") else default_device())
@@ -254,8 +256,11 @@ def timed_generate(pipe: Any, prompt: str, *, num_frames: int, height: int, widt
     removers = []
     try:
         removers.append(timer.around_scheduler_step(pipe.scheduler))
-        for _, model in _transformers_of(pipe):
-            modules = [model.get_submodule(name) for name in block_attention_names(model)]
+        models = [model for _, model in _transformers_of(pipe)]
+        time_attention = not any(getattr(m, "_compiled_call_impl", None) is not None
+                                 for model in models for m in model.modules())
+        for model in models:
+            modules = [model.get_submodule(name) for name in block_attention_names(model)] if time_attention else []
             removers.append(timing_hooks(model, modules, timer.on_transformer_call, timer.attention))
         t0 = timer.clock.now()
         out = pipe(**kwargs)
@@ -266,7 +271,8 @@ def timed_generate(pipe: Any, prompt: str, *, num_frames: int, height: int, widt
     video = np.asarray(out.frames[0], dtype=np.float32)
     denoise_start = timer.first_start if timer.first_start is not None else timer.denoise_end
     return Generation(video=video, total_s=t1 - t0, denoise_s=timer.denoise_end - denoise_start,
-                      decode_s=t1 - timer.denoise_end, step_s=timer.step_s, attention_s=timer.attention_s)
+                      decode_s=t1 - timer.denoise_end, step_s=timer.step_s,
+                      attention_s=timer.attention_s if time_attention else None)
 
 
 def generate(pipe: Any, prompt: str, *, num_frames: int, height: int, width: int, num_inference_steps: int,
