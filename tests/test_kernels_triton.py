@@ -57,19 +57,16 @@ def test_block_sparse_attention_matches_reference(bs, n, n_k, d, h, kind, mask_h
     torch.testing.assert_close(out.float(), ref.float(), atol=TOL[dtype], rtol=TOL[dtype])
 
 
-@pytest.mark.parametrize("variant", [{"PREFETCH": True}, {"PIPELINE": True},
-                                     {"PIPELINE": True, "BLOCK_M": 16, "BLOCK_N": 16}])
 @pytest.mark.parametrize("bs,n,kind", [(16, 77, "random"), (32, 150, "diag"), (32, 130, "full"), (32, 40, "sparse"),
                                        (16, 150, "sparse")])
-def test_block_sparse_attention_loop_variants_match_reference(bs, n, kind, variant):
-    """The next block index loaded one iteration ahead (PREFETCH); the next tile's Q.K^T issued before this
-    tile's softmax (PIPELINE; with two tiles per mask block too); rows keeping no block or only the last."""
+def test_block_sparse_attention_prefetch_variant_matches_reference(bs, n, kind):
+    """The autotuner may pick the variant that loads the next block index one iteration ahead."""
     gen = torch.Generator().manual_seed(bs + n)
     b, h, d = 2, 2, 16
     q, k, v = (torch.randn(b, h, n, d, generator=gen) for _ in range(3))
     kv_len = torch.tensor([n, n - 19])
     mask = _mask(kind, b, h, ceil_div(n, bs), ceil_div(n, bs), bs, n, kv_len, gen)
-    out = block_sparse_attention_triton(q, k, v, mask, launch=variant)
+    out = block_sparse_attention_triton(q, k, v, mask, launch={"PREFETCH": True})
     torch.testing.assert_close(out, block_sparse_attention_reference(q, k, v, mask), atol=1e-4, rtol=1e-4)
 
 

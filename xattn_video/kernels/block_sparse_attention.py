@@ -62,10 +62,13 @@ def check_interpreter(triton_version: str = triton.__version__, numpy_version: s
 
 
 @triton.jit
-def _qk_tile(q, k_src, start_n, kv_len, stride_kn, stride_kd, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-             MASKED: tl.constexpr, USE_TMA: tl.constexpr, QK_INT8: tl.constexpr):
-    """One tile's logits Q.K^T ([BLOCK_M, BLOCK_N], float32, unscaled; padded keys -inf when MASKED)."""
+def _attn_tile(acc, l_i, m_i, q, k_src, v_src, start_n, kv_len, qk_scale,
+               stride_kn, stride_kd, stride_vn, stride_vd, k_scale_src,
+               HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, USE_TMA: tl.constexpr,
+               FP8: tl.constexpr, K_GROUP: tl.constexpr, EXACT: tl.constexpr, QK_INT8: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
+    if FP8:  # qk_scale is each row's q scale; times this tile's key scale (a tile lies in one key group)
+        qk_scale = qk_scale * tl.load(k_scale_src + start_n // K_GROUP)
     offs_d = tl.arange(0, HEAD_DIM)
     if USE_TMA:
         # descriptors span [kv_len, D]: rows past kv_len come back as zeros
@@ -82,18 +85,6 @@ def _qk_tile(q, k_src, start_n, kv_len, stride_kn, stride_kd, HEAD_DIM: tl.const
         qk = tl.dot(q, k)
     if MASKED:
         qk = tl.where(offs_n[None, :] < kv_len, qk, float("-inf"))
-    return qk
-
-
-@triton.jit
-def _softmax_pv(acc, l_i, m_i, qk, v_src, start_n, kv_len, qk_scale, stride_vn, stride_vd, k_scale_src,
-                HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, USE_TMA: tl.constexpr,
-                FP8: tl.constexpr, K_GROUP: tl.constexpr, EXACT: tl.constexpr):
-    """The online softmax of one tile's logits ``qk`` and its product with the tile's values."""
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    if FP8:  # qk_scale is each row's q scale; times this tile's key scale (a tile lies in one key group)
-        qk_scale = qk_scale * tl.load(k_scale_src + start_n // K_GROUP)
     m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
     # a row without a finite logit yet (padding, or -Inf products) subtracts 0, not -inf: its weights stay 0
     # instead of exp2(-inf - -inf) = NaN, as SDPA's fused kernels do; NaN and +Inf still give NaN
@@ -125,16 +116,6 @@ def _softmax_pv(acc, l_i, m_i, qk, v_src, start_n, kv_len, qk_scale, stride_vn, 
 
 
 @triton.jit
-def _attn_tile(acc, l_i, m_i, q, k_src, v_src, start_n, kv_len, qk_scale,
-               stride_kn, stride_kd, stride_vn, stride_vd, k_scale_src,
-               HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, USE_TMA: tl.constexpr,
-               FP8: tl.constexpr, K_GROUP: tl.constexpr, EXACT: tl.constexpr, QK_INT8: tl.constexpr):
-    qk = _qk_tile(q, k_src, start_n, kv_len, stride_kn, stride_kd, HEAD_DIM, BLOCK_N, MASKED, USE_TMA, QK_INT8)
-    return _softmax_pv(acc, l_i, m_i, qk, v_src, start_n, kv_len, qk_scale, stride_vn, stride_vd, k_scale_src,
-                       HEAD_DIM, BLOCK_N, MASKED, USE_TMA, FP8, K_GROUP, EXACT)
-
-
-@triton.jit
 def _bsa_fwd(Q, K, V, O, IDX, CNT, KVLEN, qk_scale,
              s_qb, s_qh, s_qn, s_qd, s_kb, s_kh, s_kn, s_kd, s_vb, s_vh, s_vn, s_vd, s_ob, s_oh, s_on, s_od,
              s_ib, s_ih, s_iq, s_ik, s_cb, s_ch, s_cq,
@@ -142,7 +123,7 @@ def _bsa_fwd(Q, K, V, O, IDX, CNT, KVLEN, qk_scale,
              BS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
              USE_TMA: tl.constexpr = False, WARP_SPECIALIZE: tl.constexpr = False, PREFETCH: tl.constexpr = False,
              FP8: tl.constexpr = False, Q_GROUP: tl.constexpr = 1, K_GROUP: tl.constexpr = 1,
-             EXACT: tl.constexpr = False, QK_INT8: tl.constexpr = False, PIPELINE: tl.constexpr = False):
+             EXACT: tl.constexpr = False, QK_INT8: tl.constexpr = False):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -180,39 +161,21 @@ def _bsa_fwd(Q, K, V, O, IDX, CNT, KVLEN, qk_scale,
     partial = (count > 0) & ((last + 1) * BS > kv_len)
     n_full = tl.where(partial, count - 1, count)
     kb = tl.load(idx_base)
-    TILES: tl.constexpr = BS // BLOCK_N
-    if PIPELINE:
-        # software pipelining inside the program (FlashAttention-3's intra-warpgroup overlap): the next tile's
-        # Q.K^T is issued before this tile's softmax, so the tensor cores work while the softmax runs
-        if n_full > 0:
-            start = kb * BS
-            qk = _qk_tile(q, k_src, start, kv_len, s_kn, s_kd, HEAD_DIM, BLOCK_N, False, USE_TMA, QK_INT8)
-            for t in tl.range(1, n_full * TILES):
-                start_next = tl.load(idx_base + (t // TILES) * s_ik) * BS + (t % TILES) * BLOCK_N
-                qk_next = _qk_tile(q, k_src, start_next, kv_len, s_kn, s_kd, HEAD_DIM, BLOCK_N, False, USE_TMA,
-                                   QK_INT8)
-                acc, l_i, m_i = _softmax_pv(acc, l_i, m_i, qk, v_src, start, kv_len, qk_scale, s_vn, s_vd,
-                                            k_scale_src, HEAD_DIM, BLOCK_N, False, USE_TMA, FP8, K_GROUP, EXACT)
-                qk = qk_next
-                start = start_next
-            acc, l_i, m_i = _softmax_pv(acc, l_i, m_i, qk, v_src, start, kv_len, qk_scale, s_vn, s_vd,
-                                        k_scale_src, HEAD_DIM, BLOCK_N, False, USE_TMA, FP8, K_GROUP, EXACT)
-    else:
-        for i in tl.range(0, n_full, warp_specialize=WARP_SPECIALIZE):
-            if PREFETCH:  # the next block index is loaded one iteration ahead, off the critical path
-                kb_next = tl.load(idx_base + (i + 1) * s_ik, mask=i + 1 < count, other=0)
-            else:
-                kb = tl.load(idx_base + i * s_ik)
-            for sub in tl.static_range(TILES):
-                acc, l_i, m_i = _attn_tile(acc, l_i, m_i, q, k_src, v_src, kb * BS + sub * BLOCK_N, kv_len,
-                                           qk_scale, s_kn, s_kd, s_vn, s_vd, k_scale_src, HEAD_DIM, BLOCK_N, False,
-                                           USE_TMA, FP8, K_GROUP, EXACT, QK_INT8)
-            if PREFETCH:
-                kb = kb_next
+    for i in tl.range(0, n_full, warp_specialize=WARP_SPECIALIZE):
+        if PREFETCH:  # the next block index is loaded one iteration ahead, off the critical path
+            kb_next = tl.load(idx_base + (i + 1) * s_ik, mask=i + 1 < count, other=0)
+        else:
+            kb = tl.load(idx_base + i * s_ik)
+        for sub in tl.static_range(BS // BLOCK_N):
+            acc, l_i, m_i = _attn_tile(acc, l_i, m_i, q, k_src, v_src, kb * BS + sub * BLOCK_N, kv_len,
+                                       qk_scale, s_kn, s_kd, s_vn, s_vd, k_scale_src, HEAD_DIM, BLOCK_N, False,
+                                       USE_TMA, FP8, K_GROUP, EXACT, QK_INT8)
+        if PREFETCH:
+            kb = kb_next
     if partial:
         # the block's first sub-tile holds its (valid) first key, so m_i is finite before any all-padding
         # sub-tile and exp2(m_i - m_new) never sees -inf - -inf
-        for sub in tl.static_range(TILES):
+        for sub in tl.static_range(BS // BLOCK_N):
             acc, l_i, m_i = _attn_tile(acc, l_i, m_i, q, k_src, v_src, last * BS + sub * BLOCK_N, kv_len,
                                        qk_scale, s_kn, s_kd, s_vn, s_vd, k_scale_src, HEAD_DIM, BLOCK_N, True,
                                        USE_TMA, FP8, K_GROUP, EXACT, QK_INT8)
@@ -352,7 +315,7 @@ def block_sparse_attention_triton(
     products in e4m3 on fp8 copies of q, k, v (``kernels/quantize.py``; the weights too, see the twin),
     ``"int8-fp8"`` Q.K^T in int8 instead; the mask's block size must then be a multiple of 64. ``launch``
     (benchmarks only) fixes the launch instead of autotuning: BLOCK_M, BLOCK_N, num_warps, num_stages, USE_TMA,
-    WARP_SPECIALIZE, PREFETCH, PIPELINE.
+    WARP_SPECIALIZE, PREFETCH.
     """
     b, h, n, d = q.shape
     n_k = k.shape[2]
