@@ -196,7 +196,9 @@ def build_lever_methods(pipe: Any, captions: list[str], size: dict, steps: int, 
         cap = (d * sparse_steps - n_refresh) / (sparse_steps - n_refresh)
         if warmup < 1 or cap <= 0:
             continue
-        for tag, arith in (("", {}), (" 8-bit", {"precision": "int8-fp8", "estimate_precision": "fp8"})):
+        eight_bit = {"precision": "int8-fp8", "estimate_precision": "fp8"}
+        for tag, arith in (("", {}), (" 8-bit", eight_bit),
+                           (" 8-bit, fp8 residual", {**eight_bit, "residual_precision": "fp8"})):
             methods.append(Method(f"XAttention tau=0.95 cap={cap:.3f} +residual refresh={refresh} @{d}{tag}",
                                   "xattention cap +residual refresh" + tag,
                                   {"threshold": 0.95, "stride": stride, "max_density": round(cap, 4),

@@ -19,7 +19,7 @@ def test_bench_transformer_tiny_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     labels = [r["row"] for r in result["rows"]]
-    assert labels[:2] == ["stock", "ours tau=1 (dense)"] and len(labels) == 15
+    assert labels[:2] == ["stock", "ours tau=1 (dense)"] and len(labels) == 16
     rows = {r["row"]: r for r in result["rows"]}
     capped = rows["xattn max_density=0.3"]["density"]  # above 0.3 at tiny size: forced text and diagonal blocks
     assert capped < 1 and rows["xattn max_density=0.3, per-head table"]["density"] <= capped + 1e-6
@@ -30,6 +30,9 @@ def test_bench_transformer_tiny_smoke(tmp_path):
     residual = rows["xattn max_density=0.3, 8-bit, residual"]  # the step after the one measuring the residual
     assert residual["density"] == pytest.approx(capped, abs=0.05) and residual["residual_gb"] > 0
     assert residual["previous_step_ms"] > 0
+    in_fp8 = rows["xattn max_density=0.3, 8-bit, residual in fp8"]
+    ratio = in_fp8["residual_gb"] / residual["residual_gb"]  # float32 here: a quarter, plus a scale per row
+    assert in_fp8["density"] == residual["density"] and 0.25 < ratio < 0.3
     assert all(r["finite"] for r in result["rows"])
     assert result["rows"][1]["rel_l2_vs_stock"] < 1e-5, "dense path equals stock on the CPU"
     capped = next(r for r in result["rows"] if r["row"] == "xattn max_density=0.3")

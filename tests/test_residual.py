@@ -31,6 +31,7 @@ def _dense(q, k, v, lengths):
     ({"mask_reuse_steps": 2}, "mask_reuse_steps must be 1"),
     ({"residual_refresh": -1}, "residual_refresh=-1 must be >= 0"),
     ({"residual": 1}, "residual=1 must be true or false"),
+    ({"residual_precision": "int8"}, "residual_precision='int8' is not one of \\('native', 'fp8'\\)"),
 ])
 def test_config_errors_name_the_value(changes, match):
     with pytest.raises(ValueError, match=match):
@@ -165,6 +166,48 @@ def test_cache_matches_shapes():
     assert held.step == 3 and held.delta is delta and torch.equal(held.mask.to_dense(), mask.to_dense())
     assert cache.get(layer=1, call=1, lengths=(64,), q_len=64, n_keys=64) is None
     assert cache.get(layer=1, call=0, lengths=(60,), q_len=64, n_keys=64) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fp8_cache_holds_each_row_to_e4m3_precision_in_half_the_memory(dtype):
+    g = torch.Generator().manual_seed(3)
+    q, k, _ = _qkv(2, 3, 96, seed=2)
+    _, mask = xattention(q, k, k, CFG.op)
+    # rows of very different sizes, one all zero, one NaN (a fault stays visible)
+    delta = (torch.randn(2, 3, 96, 16, generator=g) * torch.rand(2, 3, 96, 1, generator=g) ** 4).to(dtype)
+    delta[0, 1, 5] = 0.0
+    delta[1, 2, 7, 3] = float("nan")
+    native, fp8 = ResidualCache(), ResidualCache("fp8")
+    for cache in (native, fp8):
+        cache.put(layer=0, call=0, step=1, mask=mask, delta=delta, lengths=(96, 96), n_keys=96)
+    back = fp8.get(layer=0, call=0, lengths=(96, 96), q_len=96, n_keys=96).delta
+    assert back.dtype == dtype and back.shape == delta.shape
+    assert back[0, 1, 5].eq(0).all() and back[1, 2, 7].isnan().all() and back.isnan().sum() == 16
+    ok = ~delta.isnan().any(-1, keepdim=True)
+    err = ((back - delta).abs() / delta.abs().amax(-1, keepdim=True).clamp_min(1e-30)).masked_select(ok)
+    assert err.max() <= 2 ** -4 + 2 ** -7 and err.mean() < 0.02  # e4m3 rounding of each row against its max
+    bits = 2 * 3 * 6 * 1
+    assert fp8.nbytes - bits == delta.numel() + 2 * 3 * 96 * 4  # one byte a value, a float32 scale a row
+    assert native.nbytes - bits == delta.numel() * delta.element_size()
+    with pytest.raises(ValueError, match="precision='bf16' is not one of"):
+        ResidualCache("bf16")
+
+
+def test_fp8_residual_through_the_runtime_adds_the_rounded_difference():
+    q, k, v = _qkv(2, 3, 117, seed=9)
+    q2, k2, v2 = _qkv(2, 3, 117, seed=10)
+    outs, deltas = {}, {}
+    for precision in ("native", "fp8"):
+        runtime = XAttentionRuntime(CFG.replace(residual_precision=precision))
+        for step, (x, y, z) in enumerate([(q, k, v)] * 2 + [(q2, k2, v2)]):
+            runtime.begin_forward(step=step)
+            outs[precision] = runtime.attend(x, y, z, layer=0)
+        assert [c.reason for c in runtime.record.calls] == ["warmup", "warmup", "residual"]
+        deltas[precision] = runtime.residuals.get(layer=0, call=0, lengths=(117, 117), q_len=117, n_keys=117).delta
+    amax = deltas["native"].abs().amax(-1, keepdim=True)
+    assert ((deltas["fp8"] - deltas["native"]).abs() <= amax * 2 ** -4).all()  # e4m3 rounding of each row
+    torch.testing.assert_close(outs["fp8"], outs["native"] - deltas["native"] + deltas["fp8"])
+    assert not torch.equal(outs["fp8"], outs["native"])
 
 
 def test_through_a_diffusers_pipeline_and_freed_at_its_end():

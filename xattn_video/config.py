@@ -36,6 +36,7 @@ PRECISIONS = ("native", "fp8", "int8-fp8")  # the sparse attention's products
 ESTIMATE_PRECISIONS = ("native", "fp8")  # the estimate's strided GEMM
 UNKNOWN_STEP_POLICIES = ("dense", "sparse", "error")
 FALLBACK_POLICIES = ("dense", "error")
+RESIDUAL_PRECISIONS = ("native", "fp8")
 TOKEN_ORDERS = ("raster", "tile")
 
 
@@ -216,11 +217,14 @@ class ScheduleConfig:
         residual_refresh: with ``residual``, after every this-many sparse steps one step runs dense again
             (reason ``"refresh"``, counted as density 1) and renews the masks and differences; 0 (default):
             only the last warmup step measures them.
+        residual_precision: how the differences are held: ``"native"`` (q's dtype, the default) or ``"fp8"``
+            (e4m3 with one float32 scale per token and head: half the memory, e.g. 21 instead of 41 GiB for
+            HunyuanVideo at 720p; dequantized when added back).
 
     Example::
 
         schedule = ScheduleConfig(warmup_steps=5, mask_reuse_steps=2, dense_above=0.8)
-        schedule = ScheduleConfig(warmup_steps=3, residual=True, residual_refresh=8)
+        schedule = ScheduleConfig(warmup_steps=3, residual=True, residual_refresh=8, residual_precision="fp8")
     """
 
     warmup_steps: int = 5
@@ -232,6 +236,7 @@ class ScheduleConfig:
     dense_above: float | None = None
     residual: bool = False
     residual_refresh: int = 0
+    residual_precision: str = "native"
 
     def __post_init__(self) -> None:
         _check_int(self, ("warmup_steps", "mask_reuse_steps", "min_seq_len", "residual_refresh"))
@@ -250,6 +255,8 @@ class ScheduleConfig:
             raise ValueError(f"residual={self.residual!r} must be true or false")
         if self.residual_refresh < 0:
             raise ValueError(f"residual_refresh={self.residual_refresh} must be >= 0 (0: measure at the warmup only)")
+        if self.residual_precision not in RESIDUAL_PRECISIONS:
+            raise ValueError(f"residual_precision={self.residual_precision!r} is not one of {RESIDUAL_PRECISIONS}")
         if self.residual and self.warmup_steps < 1:
             raise ValueError("residual=True needs warmup_steps >= 1 (the differences are measured at the last "
                              "warmup step), got warmup_steps=0")

@@ -111,7 +111,7 @@ class XAttentionRuntime:
         self.clock = StepClock()
         self.record = RunRecord(warmup_steps=config.schedule.warmup_steps)
         self.masks = MaskCache(config.schedule.mask_reuse_steps)
-        self.residuals = ResidualCache()
+        self.residuals = ResidualCache(config.schedule.residual_precision)
         self._padding_memo: tuple[Any, int, int, Padding] | None = None
         self._final_step = False
         self._grid: tuple[int, int, int] | None = None
