@@ -259,3 +259,7 @@ def test_residual_through_the_node(model):
     assert len(runtime.residuals) == 0, "nothing held after the sampler's last step"
     with pytest.raises(ValueError, match="residual_refresh=-2 is out of range"):
         _patch(model, threshold=0.5, warmup_steps=1, residual_refresh=-2)
+    patched, runtime = _patch(model, threshold=0.5, warmup_steps=1, residual_refresh=0, residual_precision="fp8")
+    assert runtime.config.schedule.residual_precision == "fp8" and runtime.residuals.precision == "fp8"
+    with pytest.raises(ValueError, match="residual_precision='fp16' is not one of"):
+        _patch(model, threshold=0.5, warmup_steps=1, residual_refresh=0, residual_precision="fp16")

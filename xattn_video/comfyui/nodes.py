@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ..config import BACKENDS, PRECISIONS, XAttentionConfig
+from ..config import BACKENDS, PRECISIONS, RESIDUAL_PRECISIONS, XAttentionConfig
 
 logger = logging.getLogger("xattn_video")
 
@@ -90,16 +90,23 @@ _RESIDUAL_INPUT = ("INT", {
     "default": -1, "min": -1, "max": 100,
     "tooltip": "Add back what the masks leave out, measured at a dense step: -1 = off; 0 = measured at the last "
                "warmup step only; N = and again after every N sparse steps (that step runs dense). Holds one "
-               "attention output per layer (HunyuanVideo 720p: 41 GiB); mask_reuse_steps must be 1.",
+               "attention output per layer (HunyuanVideo 720p: 41 GiB; 21 GiB with residual_precision fp8); "
+               "mask_reuse_steps must be 1.",
+})
+_RESIDUAL_PRECISION_INPUT = (list(RESIDUAL_PRECISIONS), {
+    "default": "native",
+    "tooltip": "How the residual's differences are held: native (the model's dtype) or fp8 (half the memory; "
+               "the same PSNR on the proxy model).",
 })
 
 
-def residual_fields(residual_refresh: int) -> dict[str, Any]:
-    """The node input ``residual_refresh`` (-1 off, 0 warmup only, N every N sparse steps) as config fields."""
+def residual_fields(residual_refresh: int, residual_precision: str = "native") -> dict[str, Any]:
+    """The node inputs ``residual_refresh`` (-1 off, 0 warmup only, N every N sparse steps) and
+    ``residual_precision`` as config fields."""
     value = int(residual_refresh)
     if value < -1:
         raise ValueError(f"residual_refresh={value} is out of range: accepted -1 (off), 0 or a positive number of steps")
-    return {"residual": value >= 0, "residual_refresh": max(value, 0)}
+    return {"residual": value >= 0, "residual_refresh": max(value, 0), "residual_precision": residual_precision}
 
 
 def make_config(threshold: float, stride: int, block_size: int, warmup_steps: int, max_density: float,
@@ -165,7 +172,8 @@ class XAttentionHunyuanVideo:
             "model": ("MODEL", {"tooltip": "A HunyuanVideo or Wan 2.1 / 2.2 model (e.g. from Load Diffusion Model)."}),
             **_config_inputs(),
         }, "optional": {"dense_layers": _DENSE_LAYERS_INPUT, "mask_reuse_steps": _MASK_REUSE_INPUT,
-                        "precision": _PRECISION_INPUT, "residual_refresh": _RESIDUAL_INPUT}}
+                        "precision": _PRECISION_INPUT, "residual_refresh": _RESIDUAL_INPUT,
+                        "residual_precision": _RESIDUAL_PRECISION_INPUT}}
 
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
@@ -175,12 +183,13 @@ class XAttentionHunyuanVideo:
 
     def patch(self, model: Any, threshold: float, stride: int, block_size: int, warmup_steps: int,
               max_density: float, keep_text: bool, dense_layers: str = "", mask_reuse_steps: int = 1,
-              precision: str = "native", residual_refresh: int = -1) -> tuple[Any]:
+              precision: str = "native", residual_refresh: int = -1,
+              residual_precision: str = "native") -> tuple[Any]:
         from .native import patch_model
 
         config = make_config(threshold, stride, block_size, warmup_steps, max_density, keep_text,
                              dense_layers=parse_dense_layers(dense_layers), mask_reuse_steps=int(mask_reuse_steps),
-                             precision=precision, **residual_fields(residual_refresh))
+                             precision=precision, **residual_fields(residual_refresh, residual_precision))
         patched, _ = patch_model(model, config)
         return (patched,)
 
@@ -295,6 +304,7 @@ class XAttentionConfigNode:
                 "backend": (list(BACKENDS), {"default": "auto", "tooltip": "auto = Triton kernels on CUDA, "
                                                                           "PyTorch's SDPA with a block mask "
                                                                           "elsewhere (reference for 8 bits)."}),
+                "residual_precision": _RESIDUAL_PRECISION_INPUT,  # last: saved workflows list widgets by position
             },
         }
 
@@ -306,11 +316,11 @@ class XAttentionConfigNode:
     def build(self, threshold: float, stride: int, block_size: int, warmup_steps: int, max_density: float,
               keep_text: bool, dense_layers: str = "", backend: str = "auto",
               mask_reuse_steps: int = 1, precision: str = "native",
-              residual_refresh: int = -1) -> tuple[XAttentionConfig]:
+              residual_refresh: int = -1, residual_precision: str = "native") -> tuple[XAttentionConfig]:
         return (make_config(threshold, stride, block_size, warmup_steps, max_density, keep_text,
                             dense_layers=parse_dense_layers(dense_layers), backend=backend,
                             mask_reuse_steps=int(mask_reuse_steps), precision=precision,
-                            **residual_fields(residual_refresh)),)
+                            **residual_fields(residual_refresh, residual_precision)),)
 
 
 class XAttentionApply:
