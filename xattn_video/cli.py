@@ -6,7 +6,7 @@ Examples::
     xattn-video compare --prompt "a red fox" --model /models/HunyuanVideo --config hunyuan_720p_fast \\
         --frames 129 --height 720 --width 1280 --steps 50 --out out/fox
     xattn-video generate --prompt "a red fox" --model /models/Wan2.1-T2V-14B-Diffusers --out out/wan  # wan_720p
-    xattn-video generate --prompt "a red fox" --model /models/Wan2.1-T2V-14B-Diffusers --config wan_720p_8bit \
+    xattn-video generate --prompt "a red fox" --model /models/Wan2.1-T2V-14B-Diffusers --config wan_720p_8bit \\
         --fp8-linear --compile --out out/wan8   # 8-bit attention, float8 linears, compiled blocks
     xattn-video report out/fox                                          # re-render report.md and plots
     xattn-video calibrate --model /models/HunyuanVideo --prompt "a red fox" --prompt "a city at night" \\

@@ -4,7 +4,7 @@ Once attention is sparse, a video transformer's step is bound by its matrix prod
 4 s of a 6.5 s step at density 0.3). ``quantize_linears_fp8`` swaps a model's ``nn.Linear`` layers for
 ``Float8Linear``: the weight is rounded to e4m3 once, with one scale per output channel; each call scales every
 row of its input by its own max, rounds it to e4m3, and runs ``torch._scaled_mm`` (fp8 tensor cores on Hopper and
-Ada; a slow but exact path on the CPU), adding the bias and returning the input's dtype. Eagerly the per-row
+Ada; a slow path on the CPU), adding the bias and returning the input's dtype. Eagerly the per-row
 quantization costs a few passes over the activations, about what the fp8 product saves; under ``torch.compile``
 (``transformer.compile_repeated_blocks()``) inductor fuses it into the operation before, and the product is
 what is left (measured in ``benchmarks/RESULTS.md``). Opt-in, and an approximation: judge it on your model.
