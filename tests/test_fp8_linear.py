@@ -94,3 +94,17 @@ def test_errors_name_the_bad_value():
     model = nn.Sequential(nn.Linear(16, 32), nn.Linear(32, 17))
     assert quantize_linears_fp8(model) == 1  # 17 outputs: left as is
     assert isinstance(model[0], Float8Linear) and isinstance(model[1], nn.Linear)
+
+
+def test_a_gpu_without_fp8_tensor_cores_is_refused_before_any_change(monkeypatch):
+    import xattn_video.kernels.quantize as quantize
+
+    real = quantize.require_fp8_tensor_cores
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    # the model's weights as if on that GPU (this machine has none)
+    monkeypatch.setattr(quantize, "require_fp8_tensor_cores",
+                        lambda device, what, instead: real(torch.device("cuda"), what, instead))
+    model = nn.Sequential(nn.Linear(16, 16))
+    with pytest.raises(ValueError, match="quantize_linears_fp8 needs fp8 tensor cores.*8.0; accepted here: the model"):
+        quantize_linears_fp8(model)
+    assert isinstance(model[0], nn.Linear), "nothing replaced"

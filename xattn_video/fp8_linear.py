@@ -102,7 +102,8 @@ def fits(module: nn.Module) -> bool:
 
 def quantize_linears_fp8(model: nn.Module, skip: Sequence[str] = ("embedder",)) -> int:
     """Replace every ``nn.Linear`` of ``model`` whose sides are divisible by 16 by a ``Float8Linear``, in place,
-    except those whose qualified name contains one of ``skip``; return how many were replaced.
+    except those whose qualified name contains one of ``skip``; return how many were replaced. A GPU without fp8
+    tensor cores (compute capability below 8.9) is a ``ValueError``; the CPU runs the same op, slowly.
 
     The default skips diffusers' condition embedders: they run once a step on a few hundred tokens (nothing to
     gain) and see text padded with zero rows. Call it after moving the model to its device and dtype (``.to(dtype)``
@@ -117,6 +118,11 @@ def quantize_linears_fp8(model: nn.Module, skip: Sequence[str] = ("embedder",)) 
         raise TypeError(f"skip must be a sequence of name parts, not the string {skip!r}: use ({skip!r},)")
     targets = [(name, m) for name, m in model.named_modules()  # name "": the model itself, not replaceable in place
                if name and fits(m) and not any(part in name for part in skip)]
+    if targets:
+        from .kernels.quantize import require_fp8_tensor_cores
+
+        require_fp8_tensor_cores(targets[0][1].weight.device, "quantize_linears_fp8",
+                                 instead="the model's own linear layers (do not quantize them)")
     for name, linear in targets:
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, Float8Linear.from_linear(linear))

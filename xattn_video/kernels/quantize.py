@@ -87,12 +87,13 @@ def _quant_rows(X, MEAN, KVLEN, Y, SC, s_xb, s_xh, s_xn, s_xd, H, N_PAD,
     tl.store(SC + bh * (N_PAD // GROUP) + groups, scale)
 
 
-def require_fp8_tensor_cores(device: torch.device, what: str) -> None:
-    """Raise ``ValueError`` on a GPU without fp8 tensor cores (compute capability below 8.9)."""
+def require_fp8_tensor_cores(device: torch.device, what: str, instead: str = "'native'") -> None:
+    """Raise ``ValueError`` on a GPU without fp8 tensor cores (compute capability below 8.9), naming ``instead``:
+    what runs there."""
     if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
         major, minor = torch.cuda.get_device_capability(device)
         raise ValueError(f"{what} needs fp8 tensor cores (compute capability >= 8.9: Ada, Hopper or newer); this "
-                         f"GPU has {major}.{minor}; accepted here: 'native'")
+                         f"GPU has {major}.{minor}; accepted here: {instead}")
 
 
 def _interpreting() -> bool:
