@@ -196,3 +196,14 @@ def test_bench_compose_tiny_smoke(tmp_path):
     assert "procedural video" in result["meta"]["weights"]
     det = result["determinism"][0]
     assert det["masks"] == 2 and det["masks_identical"] and det["identical"]  # tiny model: 2 layers, CPU
+
+
+def test_gluon_kernel_experiment_compiles_with_the_overlap():
+    """gluon_bsa.py (issue 14's Gluon experiment, not in the package) builds for sm_90a on a CPU: the loop waits
+    for one product while the other runs (``wgmma.wait_group 1``), and nothing spills."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gluon_bsa.py"), "--compile-only"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert "1" in info["wait_group"] and info["wgmma"] > 0
+    assert "0 bytes spill stores" in info["ptxas"] and info["shared_bytes"] <= 232_448  # Hopper's 227 KiB
