@@ -5,12 +5,14 @@ Plain Triton waits for each tensor-core product before its first use (RESULTS.md
 `tl.dot` loop gained nothing). Gluon (Triton 3.6's lower-level dialect) lets the kernel place the wait: each
 iteration issues Q.K^T of tile j and P.V of tile j-1 asynchronously, waits for the first only, runs tile j's
 softmax while P.V runs, then waits for P.V. K / V tiles arrive by TMA into a ring of STAGES slots, tiles ahead.
-One tile per kept 128-key block; bf16; 8 warps over 128 query rows. Gluon kernels do not run under the CPU
+One tile per kept 128-key block; bf16, or fp8 (e4m3 on the package's fp8 copies, as the Triton kernel's
+``precision="fp8"``); 8 warps over 128 query rows. Gluon kernels do not run under the CPU
 interpreter: ``--compile-only`` builds PTX for sm_90a on a CPU (Triton 3.6's bundled ptxas) and reports the
 wgmma waits and registers; on a GPU the script checks the output against the Triton kernel and times both.
 
-    python benchmarks/gluon_bsa.py --compile-only             # CPU, triton 3.6
-    python benchmarks/gluon_bsa.py --out $OUT/gluon.json      # GPU: check + time at 720p, density 0.3
+    python benchmarks/gluon_bsa.py --compile-only             # CPU (no GPU): bf16 and fp8
+    python benchmarks/gluon_bsa.py --cases small --out $OUT/gluon_small.json    # GPU: a first, small check
+    python benchmarks/gluon_bsa.py --out $OUT/gluon.json      # GPU: check + time up to 720p, density 0.3
 """
 
 from __future__ import annotations
@@ -35,16 +37,47 @@ LOG2E = 1.4426950408889634
 
 
 @gluon.jit
-def _issue_kv(k_desc, v_desc, k_smem, v_smem, ready, idx_base, t, cnt, kv_row0,
-              BN: gl.constexpr, STAGES: gl.constexpr):
-    """TMA of tile t's keys and values into ring slot t % STAGES (nothing past the row's kept count)."""
+def _issue_kv(k_desc, v_desc, k_smem, v_smem, ready, idx_base, t, cnt, kv_row0, v_row0,
+              BN: gl.constexpr, STAGES: gl.constexpr, FP8: gl.constexpr):
+    """TMA of tile t's keys and values into ring slot t % STAGES (nothing past the row's kept count). In fp8, v
+    is stored transposed ([D, N] per head: the fp8 product reads its second operand key-major)."""
     ok = t < cnt
     kb = gl.load(idx_base + gl.minimum(t, cnt - 1))
     slot = t % STAGES
     bar = ready.index(slot)
     mbarrier.expect(bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes, pred=ok)
     tma.async_copy_global_to_shared(k_desc, [kv_row0 + kb * BN, 0], bar, k_smem.index(slot), pred=ok)
-    tma.async_copy_global_to_shared(v_desc, [kv_row0 + kb * BN, 0], bar, v_smem.index(slot), pred=ok)
+    if FP8:
+        tma.async_copy_global_to_shared(v_desc, [v_row0, kb * BN], bar, v_smem.index(slot), pred=ok)
+    else:
+        tma.async_copy_global_to_shared(v_desc, [kv_row0 + kb * BN, 0], bar, v_smem.index(slot), pred=ok)
+
+
+@gluon.jit
+def _v_operand(v_smem, slot, FP8: gl.constexpr):
+    if FP8:
+        return v_smem.index(slot).permute((1, 0))
+    else:
+        return v_smem.index(slot)
+
+
+@gluon.jit
+def _scaled(s, scale, FP8: gl.constexpr):
+    """Logits times their scale: one per row in fp8, one number otherwise."""
+    if FP8:
+        return s * gl.expand_dims(scale, 1)
+    else:
+        return s * scale
+
+
+@gluon.jit
+def _tile_scale(qk_scale, SK, k_base, kb, FP8: gl.constexpr):
+    """The logits' scale of one tile: per row (fp8: times the q scales, folded in by the caller) times, in fp8,
+    the tile's key scale (a 128-key block is one key group)."""
+    if FP8:
+        return qk_scale * gl.load(SK + k_base + kb)
+    else:
+        return qk_scale
 
 
 @gluon.jit
@@ -57,28 +90,37 @@ def _masked(s, kb, kv_len, BN: gl.constexpr, s_layout: gl.constexpr):
 
 
 @gluon.jit
-def _bsa_fwd_gluon(q_desc, k_desc, v_desc, O, IDX, CNT, KVLEN, qk_scale, N, n_qb, max_kb, H,
+def _bsa_fwd_gluon(q_desc, k_desc, v_desc, O, IDX, CNT, KVLEN, SQ, SK, SV, qk_scale, N, N_PAD, n_qb, max_kb, H,
                    BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-                   num_warps: gl.constexpr):
+                   FP8: gl.constexpr, Q_GROUP: gl.constexpr, num_warps: gl.constexpr):
     pid_m = gl.program_id(0)
     bh = gl.program_id(1)
     b = bh // H
-    q_row0 = bh * N + pid_m * BM
-    kv_row0 = bh * N
+    q_row0 = bh * N_PAD + pid_m * BM  # fp8 copies are padded to N_PAD tokens a head; bf16: N_PAD == N
+    kv_row0 = bh * N_PAD
+    v_row0 = bh * D  # fp8: the transposed v's first row of this head
     kv_len = gl.load(KVLEN + b)
     idx_base = IDX + (bh * n_qb + pid_m) * max_kb
     cnt = gl.load(CNT + bh * n_qb + pid_m)  # >= 1: the caller keeps the diagonal block
+    k_base = bh * (N_PAD // BN)
 
+    K_INSTR: gl.constexpr = 32 if FP8 else 16  # wgmma's k per instruction: 256 bits of the operand type
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, BN, 16])
+                                                       instr_shape=[16, BN, K_INSTR])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, D, 16])
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+                                                       instr_shape=[16, D, K_INSTR])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=K_INSTR // 8)
     dtype: gl.constexpr = q_desc.dtype
+    p_dtype: gl.constexpr = gl.float8e4nv if FP8 else dtype
+    # fp8: weights times 448 (log2 448 subtracted from the max): e4m3's whole range for the product with v
+    P_SHIFT: gl.constexpr = 8.807354922057604 if FP8 else 0.0
+    if FP8:  # each row's q scale folds into its logits' scale
+        rows_s = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, s_layout))
+        qk_scale = qk_scale * gl.load(SQ + bh * (N_PAD // Q_GROUP) + rows_s // Q_GROUP)
 
     q_smem = gl.allocate_shared_memory(dtype, [BM, D], q_desc.layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, BN, D], k_desc.layout)
-    v_smem = gl.allocate_shared_memory(dtype, [STAGES, BN, D], v_desc.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     q_bar = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
     for s in gl.static_range(STAGES):
@@ -88,7 +130,7 @@ def _bsa_fwd_gluon(q_desc, k_desc, v_desc, O, IDX, CNT, KVLEN, qk_scale, N, n_qb
     mbarrier.expect(q_bar.index(0), q_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(q_desc, [q_row0, 0], q_bar.index(0), q_smem)
     for t in gl.static_range(STAGES):  # every slot filled; each later one refills as soon as its P.V is done
-        _issue_kv(k_desc, v_desc, k_smem, v_smem, ready, idx_base, t, cnt, kv_row0, BN, STAGES)
+        _issue_kv(k_desc, v_desc, k_smem, v_smem, ready, idx_base, t, cnt, kv_row0, v_row0, BN, STAGES, FP8)
     mbarrier.wait(q_bar.index(0), 0)
 
     # tile 0: its logits and weights; P.V follows in the next iteration (or after the loop)
@@ -98,8 +140,9 @@ def _bsa_fwd_gluon(q_desc, k_desc, v_desc, O, IDX, CNT, KVLEN, qk_scale, N, n_qb
     s = warpgroup_mma_wait(0, deps=[s_tok])
     kb = gl.load(idx_base)
     s = _masked(s, kb, kv_len, BN, s_layout)
-    m_i = gl.max(s, axis=1) * qk_scale
-    p = gl.exp2(s * qk_scale - gl.expand_dims(m_i, 1))
+    s = _scaled(s, _tile_scale(qk_scale, SK, k_base, kb, FP8), FP8)
+    m_i = gl.max(s, axis=1)
+    p = gl.exp2(s - gl.expand_dims(m_i - P_SHIFT, 1))
     l_i = gl.sum(p, axis=1)
     acc = gl.zeros([BM, D], gl.float32, o_layout)
 
@@ -108,61 +151,79 @@ def _bsa_fwd_gluon(q_desc, k_desc, v_desc, O, IDX, CNT, KVLEN, qk_scale, N, n_qb
         prev = (j - 1) % STAGES
         mbarrier.wait(ready.index(slot), (j // STAGES) & 1)
         s_tok = warpgroup_mma(q_smem, k_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-        p_op = gl.convert_layout(p.to(dtype), p_layout)
-        acc_tok = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
+        p_op = gl.convert_layout(p.to(p_dtype), p_layout)
+        acc_tok = warpgroup_mma(p_op, _v_operand(v_smem, prev, FP8), acc, is_async=True)
         s = warpgroup_mma_wait(1, deps=[s_tok])  # tile j's logits; tile j-1's P.V still running
         kb = gl.load(idx_base + j)
         s = _masked(s, kb, kv_len, BN, s_layout)
-        m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
+        s = _scaled(s, _tile_scale(qk_scale, SK, k_base, kb, FP8), FP8)
+        m_new = gl.maximum(m_i, gl.max(s, axis=1))
         alpha = gl.exp2(m_i - m_new)
-        p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
+        p = gl.exp2(s - gl.expand_dims(m_new - P_SHIFT, 1))
         l_i = l_i * alpha + gl.sum(p, axis=1)
         m_i = m_new
         acc = warpgroup_mma_wait(0, deps=[acc_tok])
         acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
         # slot prev is free (its P.V is done): the tile STAGES ahead of it goes there
-        _issue_kv(k_desc, v_desc, k_smem, v_smem, ready, idx_base, j - 1 + STAGES, cnt, kv_row0, BN, STAGES)
+        _issue_kv(k_desc, v_desc, k_smem, v_smem, ready, idx_base, j - 1 + STAGES, cnt, kv_row0, v_row0, BN, STAGES,
+                  FP8)
 
     last = (cnt - 1) % STAGES
-    p_op = gl.convert_layout(p.to(dtype), p_layout)
-    acc_tok = warpgroup_mma(p_op, v_smem.index(last), acc, is_async=True)
+    p_op = gl.convert_layout(p.to(p_dtype), p_layout)
+    acc_tok = warpgroup_mma(p_op, _v_operand(v_smem, last, FP8), acc, is_async=True)
     acc = warpgroup_mma_wait(0, deps=[acc_tok])
     l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))
     acc = acc / gl.expand_dims(l_o, 1)
+    cols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
+    if FP8:  # v's per-channel scales
+        acc = acc * gl.expand_dims(gl.load(SV + bh * D + cols), 0)
 
     for s in gl.static_range(STAGES):
         mbarrier.invalidate(ready.index(s))
     mbarrier.invalidate(q_bar.index(0))
     rows = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, o_layout))
-    cols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
     ptrs = O + (bh * N + gl.expand_dims(rows, 1)) * D + gl.expand_dims(cols, 0)
-    gl.store(ptrs, acc.to(dtype), mask=gl.expand_dims(rows < N, 1))
+    gl.store(ptrs, acc.to(O.dtype.element_ty), mask=gl.expand_dims(rows < N, 1))
 
 
 BM, BN, STAGES, WARPS = 128, 128, 3, 8
 
 
-def descriptors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-    """TMA descriptors over [B*H*N, D] views (rows past a head's end belong to the next head: masked or unused)."""
-    d = q.shape[-1]
-    layout = gl.NVMMASharedLayout.get_default_for([BM, d], gl.bfloat16)
-    flat = [x.reshape(-1, d) for x in (q, k, v)]
-    return [TensorDescriptor.from_tensor(x, [BM if i == 0 else BN, d], layout) for i, x in enumerate(flat)]
+def _layout(block: list[int], dtype) -> gl.NVMMASharedLayout:
+    return gl.NVMMASharedLayout.get_default_for(block, dtype)
 
 
-def gluon_block_sparse_attention(q, k, v, idx, cnt, kv_len, scale=None):
-    """q, k, v [B, H, N, D] bf16 contiguous; idx [B*H, QB, KB] int32 kept key blocks ascending, cnt [B*H, QB] >= 1."""
+def gluon_block_sparse_attention(q, k, v, idx, cnt, kv_len, scale=None, precision: str = "native"):
+    """q, k, v [B, H, N, D] bf16 contiguous; idx [B*H, QB, KB] int32 kept key blocks ascending, cnt [B*H, QB] >= 1;
+    ``precision="fp8"``: both products in e4m3 on the package's fp8 copies (as ``precision="fp8"`` of the Triton
+    kernel: q one scale per 16 tokens, k centred with one per 128 keys, v one per channel, stored transposed)."""
+    from xattn_video.kernels.quantize import quantize_channels_fp8, quantize_rows
+    from xattn_video.kernels.reference import ATTENTION_GROUP
+
     b, h, n, d = q.shape
     out = torch.empty_like(q)
-    q_desc, k_desc, v_desc = descriptors(q, k, v)
-    scale = 1.0 / math.sqrt(d) if scale is None else scale
     qb = triton.cdiv(n, BM)
-    _bsa_fwd_gluon[(qb, b * h)](q_desc, k_desc, v_desc, out, idx, cnt, kv_len, scale * LOG2E, n, qb, idx.shape[-1], h,
-                                BM=BM, BN=BN, D=d, STAGES=STAGES, num_warps=WARPS)
+    fp8 = precision == "fp8"
+    if fp8:
+        q, sq = quantize_rows(q, ATTENTION_GROUP)
+        k, sk = quantize_rows(k, BN, kv_len, center=True)
+        v, sv = quantize_channels_fp8(v, kv_len)  # [B, H, D, N_pad]
+        n_pad, kind = q.shape[2], gl.float8e4nv
+        v_desc = TensorDescriptor.from_tensor(v.reshape(-1, n_pad), [d, BN], _layout([d, BN], kind))
+    else:
+        sq = sk = sv = kv_len  # never read
+        n_pad, kind = n, gl.bfloat16
+        v_desc = TensorDescriptor.from_tensor(v.reshape(-1, d), [BN, d], _layout([BN, d], kind))
+    q_desc = TensorDescriptor.from_tensor(q.reshape(-1, d), [BM, d], _layout([BM, d], kind))
+    k_desc = TensorDescriptor.from_tensor(k.reshape(-1, d), [BN, d], _layout([BN, d], kind))
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    _bsa_fwd_gluon[(qb, b * h)](q_desc, k_desc, v_desc, out, idx, cnt, kv_len, sq, sk, sv, scale * LOG2E, n, n_pad,
+                                qb, idx.shape[-1], h, BM=BM, BN=BN, D=d, STAGES=STAGES, FP8=fp8, Q_GROUP=16,
+                                num_warps=WARPS)
     return out
 
 
-def compile_only() -> dict:
+def compile_only(precision: str) -> dict:
     """Build the kernel for sm_90a on this machine (no GPU): PTX, registers, the wgmma waits in the loop."""
     import re
     import subprocess
@@ -175,20 +236,23 @@ def compile_only() -> dict:
 
     target = GPUTarget("cuda", 90, 32)
     backend = make_backend(target)
-    d = 128
-    layout = gl.NVMMASharedLayout.get_default_for([BM, d], gl.bfloat16)
-    descs = [TensorDescriptor(MockTensor(torch.bfloat16, [4096, d]), [4096, d], [d, 1], [BM, d], layout)
-             for _ in range(3)]
-    args = (*descs, MockTensor(torch.bfloat16), MockTensor(torch.int32), MockTensor(torch.int32),
-            MockTensor(torch.int32), 0.1, 4096, 32, 32, 24)
+    d, n, fp8 = 128, 4096, precision == "fp8"
+    kind, torch_kind = (gl.float8e4nv, torch.float8_e4m3fn) if fp8 else (gl.bfloat16, torch.bfloat16)
+    qk = [TensorDescriptor(MockTensor(torch_kind, [n, d]), [n, d], [d, 1], [BM, d], _layout([BM, d], kind))
+          for _ in range(2)]
+    v_block = [d, BN] if fp8 else [BN, d]
+    v_shape = [d, n] if fp8 else [n, d]
+    v = TensorDescriptor(MockTensor(torch_kind, v_shape), v_shape, [v_shape[1], 1], v_block, _layout(v_block, kind))
+    f32, i32 = MockTensor(torch.float32), MockTensor(torch.int32)
+    args = (*qk, v, MockTensor(torch.bfloat16), i32, i32, i32, f32, f32, f32, 0.1, n, n, 32, 32, 24)
+    constants = dict(BM=BM, BN=BN, D=d, STAGES=STAGES, FP8=fp8, Q_GROUP=16, num_warps=WARPS)
     fn = _bsa_fwd_gluon
     binder = create_function_from_signature(fn.signature, fn.params, backend)
-    bound, spec, opts = binder(*args, BM=BM, BN=BN, D=d, STAGES=STAGES, num_warps=WARPS)
-    options, sig, cexprs, attrs = fn._pack_args(backend, dict(BM=BM, BN=BN, D=d, STAGES=STAGES, num_warps=WARPS),
-                                                bound, spec, opts)
+    bound, spec, opts = binder(*args, **constants)
+    options, sig, cexprs, attrs = fn._pack_args(backend, constants, bound, spec, opts)
     k = triton.compile(GluonASTSource(fn, sig, cexprs, attrs), target=target, options=options.__dict__)
     ptx = k.asm["ptx"]
-    info = {"wgmma": len(re.findall(r"wgmma\.mma_async", ptx)),
+    info = {"precision": precision, "wgmma": len(re.findall(r"wgmma\.mma_async", ptx)),
             "wait_group": sorted(set(re.findall(r"wgmma\.wait_group\.sync\.aligned (\d+)", ptx))),
             "shared_bytes": k.metadata.shared}
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
@@ -204,49 +268,51 @@ def compile_only() -> dict:
 CASES = {"small": (1000, 0.5, 2), "4k": (4096, 0.3, 4), "720p": (119_056, 0.3, 24)}  # tokens, density, heads
 
 
-def check_and_time(out_path: str | None, cases: list[str]) -> dict:
+def check_and_time(out_path: str | None, cases: list[str], precisions: list[str]) -> dict:
+    """Each case and precision: the Gluon kernel against the Triton kernel in the same precision (max abs., rel.
+    L2; and against the float32 reference where small), then both timed."""
     from xattn_video.block_mask import BlockSparseMask
     from xattn_video.kernels.block_sparse_attention import block_sparse_attention_triton
     from xattn_video.kernels.reference import block_sparse_attention_reference
 
     result: dict = {"device": torch.cuda.get_device_name(), "triton": triton.__version__, "cases": []}
-    for n, density, h in (CASES[c] for c in cases):
+    for name in cases:
+        n, density, h = CASES[name]
         g = torch.Generator(device="cuda").manual_seed(n)
         q, k, v = (torch.randn(1, h, n, 128, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
         qb = triton.cdiv(n, 128)
         keep = torch.rand(1, h, qb, qb, device="cuda", generator=g) < density
         keep |= torch.eye(qb, dtype=torch.bool, device="cuda")
-        kv_len = torch.tensor([n - 37], device="cuda")
-        keep[..., (n - 37 + 127) // 128:] = False
-        keep[..., torch.arange(qb), torch.arange(qb)] |= torch.arange(qb, device="cuda") * 128 < n - 37
+        kv_len = torch.tensor([n - 37], device="cuda", dtype=torch.int32)
         mask = BlockSparseMask.from_dense(keep, 128, n, kv_len)
         idx = mask.kv_indices.reshape(h, qb, -1).to(torch.int32).contiguous()
         cnt = mask.kv_counts.reshape(h, qb).to(torch.int32).contiguous()
-        case = {"n": n, "heads": h, "density": mask.density(), "min_count": int(cnt.min())}
-        try:
-            t0 = time.perf_counter()
-            out = gluon_block_sparse_attention(q, k, v, idx, cnt, kv_len.to(torch.int32))
-            torch.cuda.synchronize()
-            case["first_call_s"] = time.perf_counter() - t0
-            base = block_sparse_attention_triton(q, k, v, mask)
-            valid = cnt.reshape(1, h, qb, 1).repeat_interleave(128, 2)[:, :, :n] > 0
-            diff = (out.float() - base.float()).abs().masked_select(valid)
-            case["max_abs_vs_triton"] = float(diff.max())
-            case["rel_l2_vs_triton"] = float((out.float() - base.float()).norm() / base.float().norm())
-            if n <= 4096:
-                ref = block_sparse_attention_reference(q.float(), k.float(), v.float(), mask)
-                case["max_abs_vs_reference"] = float((out.float() - ref).abs().max())
-            flops = 4.0 * n * n * 128 * h * mask.density()
-            for name, fn in (("gluon", lambda: gluon_block_sparse_attention(q, k, v, idx, cnt, kv_len.to(torch.int32))),
-                             ("triton", lambda: block_sparse_attention_triton(q, k, v, mask))):
-                ms = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
-                case[f"{name}_ms"], case[f"{name}_tflops"] = ms, flops / ms / 1e9
-        except Exception as e:  # noqa: BLE001 - report and go on to the next case
-            case["error"] = f"{type(e).__name__}: {str(e)[:600]}"
-        result["cases"].append(case)
-        print(json.dumps(case), flush=True)
-        if out_path:
-            Path(out_path).write_text(json.dumps(result, indent=1))
+        flops = 4.0 * n * n * 128 * h * mask.density()
+        for precision in precisions:
+            case = {"case": name, "n": n, "heads": h, "density": mask.density(), "precision": precision,
+                    "min_count": int(cnt.min())}
+            try:
+                gluon_fn = lambda: gluon_block_sparse_attention(q, k, v, idx, cnt, kv_len, precision=precision)  # noqa: E731
+                triton_fn = lambda: block_sparse_attention_triton(q, k, v, mask, precision=precision)  # noqa: E731
+                t0 = time.perf_counter()
+                out = gluon_fn()
+                torch.cuda.synchronize()
+                case["first_call_s"] = time.perf_counter() - t0
+                base = triton_fn()
+                case["max_abs_vs_triton"] = float((out.float() - base.float()).abs().max())
+                case["rel_l2_vs_triton"] = float((out.float() - base.float()).norm() / base.float().norm())
+                if n <= 4096:
+                    ref = block_sparse_attention_reference(q.float(), k.float(), v.float(), mask)
+                    case["rel_l2_vs_reference"] = float((out.float() - ref).norm() / ref.norm())
+                for label, fn in (("gluon", gluon_fn), ("triton", triton_fn)):
+                    ms = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+                    case[f"{label}_ms"], case[f"{label}_tflops"] = ms, flops / ms / 1e9
+            except Exception as e:  # noqa: BLE001 - report and go on to the next case
+                case["error"] = f"{type(e).__name__}: {str(e)[:600]}"
+            result["cases"].append(case)
+            print(json.dumps(case), flush=True)
+            if out_path:
+                Path(out_path).write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -254,12 +320,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--compile-only", action="store_true", help="build PTX for sm_90a on a CPU, no GPU needed")
     ap.add_argument("--cases", default="small,4k,720p", help=f"comma-separated: {', '.join(CASES)}")
+    ap.add_argument("--precisions", default="native,fp8", help="comma-separated: native (bf16), fp8")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.compile_only:
-        print(json.dumps(compile_only(), indent=1))
+        print(json.dumps([compile_only(p) for p in args.precisions.split(",")], indent=1))
     else:
-        check_and_time(args.out, args.cases.split(","))
+        check_and_time(args.out, args.cases.split(","), args.precisions.split(","))
 
 
 if __name__ == "__main__":

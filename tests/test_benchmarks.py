@@ -1,6 +1,7 @@
 """The GPU benchmark scripts stay runnable: their CPU smoke mode, end to end."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -199,11 +200,14 @@ def test_bench_compose_tiny_smoke(tmp_path):
 
 
 def test_gluon_kernel_experiment_compiles_with_the_overlap():
-    """gluon_bsa.py (issue 14's Gluon experiment, not in the package) builds for sm_90a on a CPU: the loop waits
-    for one product while the other runs (``wgmma.wait_group 1``), and nothing spills."""
+    """gluon_bsa.py (issue 14's Gluon experiment, not in the package) builds for sm_90a on a CPU, in bf16 and fp8:
+    the loop waits for one product while the other runs (``wgmma.wait_group 1``), and nothing spills."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # Gluon has no interpreter: a real build
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gluon_bsa.py"), "--compile-only"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    info = json.loads(proc.stdout[proc.stdout.index("{"):])
-    assert "1" in info["wait_group"] and info["wgmma"] > 0
-    assert "0 bytes spill stores" in info["ptxas"] and info["shared_bytes"] <= 232_448  # Hopper's 227 KiB
+    infos = json.loads(proc.stdout[proc.stdout.index("["):])
+    assert [i["precision"] for i in infos] == ["native", "fp8"]
+    for info in infos:
+        assert "1" in info["wait_group"] and info["wgmma"] > 0
+        assert "0 bytes spill stores" in info["ptxas"] and info["shared_bytes"] <= 232_448  # Hopper's 227 KiB
