@@ -59,7 +59,7 @@ class _Fp8Delta:
 
     @property
     def nbytes(self) -> int:
-        return self.values.numel() * self.values.element_size() + self.scale.numel() * self.scale.element_size()
+        return self.values.nbytes + self.scale.nbytes
 
 
 class ResidualCache:
@@ -99,5 +99,4 @@ class ResidualCache:
     @property
     def nbytes(self) -> int:
         """Bytes held by the differences and the packed masks."""
-        return sum((d.nbytes if isinstance(d, _Fp8Delta) else d.numel() * d.element_size()) + m.packed.nbytes
-                   for m, d in self._entries.values())
+        return sum(d.nbytes + m.packed.nbytes for m, d in self._entries.values())  # a tensor or an _Fp8Delta
