@@ -4,8 +4,10 @@ HunyuanVideo shapes (B=1, H=24, D=128, bf16, video + 256 text tokens, the last 3
 every row: the same mask in 8-bit arithmetic (`precision` "int8-fp8" and "fp8": time, cosine to the native
 output) and, on the estimate rows, the fp8 estimate (time, density, Jaccard of its mask against the native one).
 Rows: random block masks (diagonal kept) at density 1.0 / 0.5 / 0.3 / 0.15, and the masks the estimate
-picks at tau = 0.9 / 0.95 on structured video-like Q/K (xattn_video.synthetic). Every baseline is measured in
-the same run; times are triton.testing.do_bench medians on fresh random (non-zero) inputs.
+picks at tau = 0.9 / 0.95 on structured video-like Q/K (xattn_video.synthetic). "ours" is the package's
+default path (on Hopper the Gluon kernel, ``kernels/block_sparse_attention_gluon.py``); the Triton kernel is
+timed beside it. Every baseline is measured in the same run; times are triton.testing.do_bench medians on fresh
+random (non-zero) inputs.
 
     python benchmarks/bench_attention.py --out bench_attention.json            # 480p, 544p, 720p
     python benchmarks/bench_attention.py --sizes 480p --quick                  # smoke run
@@ -17,7 +19,9 @@ Does not import diffusers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import platform
 import sys
 import time
@@ -213,6 +217,26 @@ def fault_checks(device: str = "cuda") -> list[dict]:
     return results
 
 
+@contextlib.contextmanager
+def triton_kernel_only():
+    """The Triton attention kernel even where the Hopper one would run (XATTN_NO_GLUON=1 for the block)."""
+    old = os.environ.get("XATTN_NO_GLUON")
+    os.environ["XATTN_NO_GLUON"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["XATTN_NO_GLUON"]
+        else:
+            os.environ["XATTN_NO_GLUON"] = old
+
+
+def attention_kernel(q, k, v, mask) -> str:
+    """Which kernel block_sparse_attention_triton runs for this call: "gluon" (Hopper) or "triton"."""
+    from xattn_video.kernels.block_sparse_attention_gluon import gluon_unavailable_reason
+    return "triton" if gluon_unavailable_reason(q, k, v, mask) else "gluon"
+
+
 def run_size(name: str, quick: bool, flex_fn, rows: list[dict]) -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     import torch.nn.functional as F
@@ -267,6 +291,8 @@ def run_size(name: str, quick: bool, flex_fn, rows: list[dict]) -> None:
         dens = mask.density()
         ours_ms = bench(lambda: block_sparse_attention_triton(qq, kk, vv, mask), quick)
         out = block_sparse_attention_triton(qq, kk, vv, mask)
+        with triton_kernel_only():  # the Triton kernel where the Hopper (Gluon) one runs by default
+            triton_ms = bench(lambda: block_sparse_attention_triton(qq, kk, vv, mask), quick)
         err_ref = subset_reference_error(qq, kk, vv, mask, out, 1 if quick else 3)
         low = {}  # the 8-bit arithmetic on the same mask: time, and how close to the native output
         for precision in LOW_PRECISIONS:
@@ -293,7 +319,8 @@ def run_size(name: str, quick: bool, flex_fn, rows: list[dict]) -> None:
                 print(f"[{name}] flex failed: {type(e).__name__}: {e}", flush=True)
         row = dict(
             size=name, n=n, kv_len=kv_n, mask=label, density=dens, ours_ms=ours_ms,
-            ours_tflops=flops_dense * dens / ours_ms / 1e9, flex_ms=flex_ms,
+            ours_tflops=flops_dense * dens / ours_ms / 1e9, triton_kernel_tflops=flops_dense * dens / triton_ms / 1e9,
+            kernel=attention_kernel(qq, kk, vv, mask), flex_ms=flex_ms,
             flex_tflops=flops_dense * dens / flex_ms / 1e9, cudnn_dense_ms=dense["cudnn"],
             flash_dense_ms=dense["flash"], speedup_vs_cudnn=dense["cudnn"] / ours_ms,
             estimate_scores_ms=scores_ms if tau is not None else float("nan"),
@@ -301,7 +328,9 @@ def run_size(name: str, quick: bool, flex_fn, rows: list[dict]) -> None:
             max_err_vs_ref=err_ref, max_err_vs_flex=err_flex, estimate_max_err=est_err, low_precision=low,
         )
         rows.append(row)
-        print(f"[{name}] {label:18s} dens {dens:.3f} ours {ours_ms:8.2f} ms {row['ours_tflops']:6.0f} TF | flex "
+        print(f"[{name}] {label:18s} dens {dens:.3f} ours ({row['kernel']}) {ours_ms:8.2f} ms "
+              f"{row['ours_tflops']:6.0f} TF"
+              f" (Triton kernel {row['triton_kernel_tflops']:.0f}) | flex "
               f"{flex_ms:8.2f} ms {row['flex_tflops']:6.0f} TF | est+sel {select_ms:6.2f} ms | err ref {err_ref:.1e}"
               f" flex {err_flex:.1e}", flush=True)
         for precision, r in low.items():
@@ -327,12 +356,14 @@ def low_precision_table(rows: list[dict]) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| size | mask | density | ours ms | ours TFLOPS | Flex ms | Flex TFLOPS | cuDNN dense ms | flash dense ms "
+    head = ("| size | mask | density | ours ms | ours TFLOPS | kernel | Triton kernel TFLOPS | Flex ms | Flex TFLOPS "
+            "| cuDNN dense ms | flash dense ms "
             "| speedup vs cuDNN | est+select ms | est % of cuDNN | max err vs ref | max err vs Flex |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
             f"| {r['size']} | {r['mask']} | {r['density']:.3f} | {r['ours_ms']:.2f} | {r['ours_tflops']:.0f} | "
+            f"{r.get('kernel', 'triton')} | {r.get('triton_kernel_tflops', float('nan')):.0f} | "
             f"{r['flex_ms']:.2f} | {r['flex_tflops']:.0f} | {r['cudnn_dense_ms']:.2f} | {r['flash_dense_ms']:.2f} | "
             f"{r['speedup_vs_cudnn']:.2f}x | {r['estimate_select_ms']:.2f} | {r['estimate_pct_of_cudnn']:.1f}% | "
             f"{r['max_err_vs_ref']:.1e} | {r['max_err_vs_flex']:.1e} |")

@@ -190,146 +190,6 @@ def _bsa_fwd_gluon(q_desc, k_desc, v_desc, O, IDX, CNT, KVLEN, SQ, SK, SV, qk_sc
     gl.store(ptrs, acc.to(O.dtype.element_ty), mask=gl.expand_dims(rows < N, 1))
 
 
-@gluon.jit
-def _ws_producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty, idx_base, cnt, q_row0, kv_row0,
-                 v_row0):
-    """One warp: the query block's two halves, then each kept tile's keys and values into the ring, a slot as soon
-    as both consumers have released it. (A partition's constants come from its buffers' shapes: warp_specialize
-    passes no constexpr arguments in Triton 3.6.)"""
-    STAGES: gl.constexpr = k_smem.shape[0]
-    BN: gl.constexpr = k_smem.shape[1]
-    FP8: gl.constexpr = k_smem.dtype == gl.float8e4nv
-    mbarrier.expect(q_bar.index(0), 2 * q_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(q_desc, [q_row0, 0], q_bar.index(0), q_smem.index(0))
-    tma.async_copy_global_to_shared(q_desc, [q_row0 + q_desc.block_type.shape[0], 0], q_bar.index(0),
-                                    q_smem.index(1))
-    for t in range(cnt):
-        slot = t % STAGES
-        mbarrier.wait(empty.index(slot), ((t // STAGES) & 1) ^ 1)  # a fresh barrier passes phase 1 at once
-        kb = gl.load(idx_base + t)
-        bar = ready.index(slot)
-        mbarrier.expect(bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [kv_row0 + kb * BN, 0], bar, k_smem.index(slot))
-        if FP8:
-            tma.async_copy_global_to_shared(v_desc, [v_row0, kb * BN], bar, v_smem.index(slot))
-        else:
-            tma.async_copy_global_to_shared(v_desc, [kv_row0 + kb * BN, 0], bar, v_smem.index(slot))
-
-
-@gluon.jit
-def _ws_consumer(q_smem, k_smem, v_smem, q_bar, ready, empty, turn, O, idx_base, cnt, kv_len, SQ, SK, SV, qk_scale,
-                 N, N_PAD, pid_m, bh, k_base, WG):
-    """Warpgroup WG (0 or 1): its HALF query rows over every kept tile, the loop of the single-partition kernel.
-    The two consumers take turns issuing their products (ping-pong): one's softmax runs while the other's
-    products do."""
-    STAGES: gl.constexpr = k_smem.shape[0]
-    BN: gl.constexpr = k_smem.shape[1]
-    D: gl.constexpr = k_smem.shape[2]
-    HALF: gl.constexpr = q_smem.shape[1]
-    FP8: gl.constexpr = k_smem.dtype == gl.float8e4nv
-    Q_GROUP: gl.constexpr = 16  # the fp8 q scales' group (ATTENTION_GROUP)
-    K_INSTR: gl.constexpr = 32 if FP8 else 16
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BN, K_INSTR])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, D, K_INSTR])
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=K_INSTR // 8)
-    p_dtype: gl.constexpr = gl.float8e4nv if FP8 else q_smem.dtype
-    P_SHIFT: gl.constexpr = 8.807354922057604 if FP8 else 0.0
-    row0 = pid_m * (2 * HALF) + WG * HALF
-    if FP8:
-        rows_s = row0 + gl.arange(0, HALF, layout=gl.SliceLayout(1, s_layout))
-        qk_scale = qk_scale * gl.load(SQ + bh * (N_PAD // Q_GROUP) + rows_s // Q_GROUP)
-    q = q_smem.index(WG)
-    zero_s = gl.zeros([HALF, BN], gl.float32, s_layout)
-    mbarrier.wait(q_bar.index(0), 0)
-
-    # round 0: tile 0's logits. Round r waits for the other warpgroup's round r - 1 (warpgroup 0 goes first).
-    mbarrier.wait(ready.index(0), 0)
-    mbarrier.wait(turn.index(WG), (1 + WG) & 1)
-    s_tok = warpgroup_mma(q, k_smem.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-    mbarrier.arrive(turn.index(1 - WG))
-    s = warpgroup_mma_wait(0, deps=[s_tok])
-    kb = gl.load(idx_base)
-    s = _masked(s, kb, kv_len, BN, s_layout)
-    s = _scaled(s, _tile_scale(qk_scale, SK, k_base, kb, FP8), FP8)
-    m_i = gl.max(s, axis=1)
-    p = gl.exp2(s - gl.expand_dims(m_i - P_SHIFT, 1))
-    l_i = gl.sum(p, axis=1)
-    acc = gl.zeros([HALF, D], gl.float32, o_layout)
-
-    for j in range(1, cnt):
-        slot = j % STAGES
-        prev = (j - 1) % STAGES
-        mbarrier.wait(ready.index(slot), (j // STAGES) & 1)
-        mbarrier.wait(turn.index(WG), (j + 1 + WG) & 1)
-        s_tok = warpgroup_mma(q, k_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-        p_op = gl.convert_layout(p.to(p_dtype), p_layout)
-        acc_tok = warpgroup_mma(p_op, _v_operand(v_smem, prev, FP8), acc, is_async=True)
-        mbarrier.arrive(turn.index(1 - WG))
-        s = warpgroup_mma_wait(1, deps=[s_tok])
-        kb = gl.load(idx_base + j)
-        s = _masked(s, kb, kv_len, BN, s_layout)
-        s = _scaled(s, _tile_scale(qk_scale, SK, k_base, kb, FP8), FP8)
-        m_new = gl.maximum(m_i, gl.max(s, axis=1))
-        alpha = gl.exp2(m_i - m_new)
-        p = gl.exp2(s - gl.expand_dims(m_new - P_SHIFT, 1))
-        l_i = l_i * alpha + gl.sum(p, axis=1)
-        m_i = m_new
-        acc = warpgroup_mma_wait(0, deps=[acc_tok])
-        mbarrier.arrive(empty.index(prev))  # tile j-1 fully read by this warpgroup
-        acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
-
-    last = (cnt - 1) % STAGES
-    p_op = gl.convert_layout(p.to(p_dtype), p_layout)
-    acc_tok = warpgroup_mma(p_op, _v_operand(v_smem, last, FP8), acc, is_async=True)
-    acc = warpgroup_mma_wait(0, deps=[acc_tok])
-    l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))
-    acc = acc / gl.expand_dims(l_o, 1)
-    cols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
-    if FP8:
-        acc = acc * gl.expand_dims(gl.load(SV + bh * D + cols), 0)
-    rows = row0 + gl.arange(0, HALF, layout=gl.SliceLayout(1, o_layout))
-    ptrs = O + (bh * N + gl.expand_dims(rows, 1)) * D + gl.expand_dims(cols, 0)
-    gl.store(ptrs, acc.to(O.dtype.element_ty), mask=gl.expand_dims(rows < N, 1))
-
-
-@gluon.jit
-def _bsa_fwd_ws(q_desc, k_desc, v_desc, O, IDX, CNT, KVLEN, SQ, SK, SV, qk_scale, N, N_PAD, n_qb, max_kb, H,
-                BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr, FP8: gl.constexpr,
-                CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr):
-    """FlashAttention-3's layout of the same loop: a producer warp (TMA) and two consumer warpgroups of BM / 2
-    query rows each, which share the key / value ring and take turns on the tensor cores."""
-    pid_m = gl.program_id(0)
-    bh = gl.program_id(1)
-    b = bh // H
-    kv_len = gl.load(KVLEN + b)
-    idx_base = IDX + (bh * n_qb + pid_m) * max_kb
-    cnt = gl.load(CNT + bh * n_qb + pid_m)
-    dtype: gl.constexpr = q_desc.dtype
-    q_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
-    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BN, D], k_desc.layout)
-    v_smem = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    q_bar = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
-    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    for s in gl.static_range(STAGES):
-        mbarrier.init(ready.index(s), count=1)
-        mbarrier.init(empty.index(s), count=2)
-    mbarrier.init(q_bar.index(0), count=1)
-    mbarrier.init(turn.index(0), count=1)
-    mbarrier.init(turn.index(1), count=1)
-    k_base = bh * (N_PAD // BN)
-    consumer = (q_smem, k_smem, v_smem, q_bar, ready, empty, turn, O, idx_base, cnt, kv_len, SQ, SK, SV, qk_scale, N,
-                N_PAD, pid_m, bh, k_base)
-    gl.warp_specialize([(_ws_consumer, consumer + (gl.to_tensor(0),)),
-                        (_ws_consumer, consumer + (gl.to_tensor(1),)),
-                        (_ws_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, ready, empty,
-                                        idx_base, cnt, bh * N_PAD + pid_m * BM, bh * N_PAD, bh * D))],
-                       [4, 1], [CONSUMER_REGS, 24])
-
-
 BM, BN, STAGES, WARPS = 128, 128, 3, 8
 
 
@@ -337,7 +197,7 @@ def _layout(block: list[int], dtype) -> gl.NVMMASharedLayout:
     return gl.NVMMASharedLayout.get_default_for(block, dtype)
 
 
-VARIANTS = ("ws", "overlap")  # warp-specialized ping-pong (FA3's layout); one partition of 8 warps
+VARIANTS = ("ws", "overlap")  # the package's warp-specialized kernel (bf16 only); one partition of 8 warps
 
 
 def gluon_block_sparse_attention(q, k, v, idx, cnt, kv_len, scale=None, precision: str = "native",
@@ -348,6 +208,13 @@ def gluon_block_sparse_attention(q, k, v, idx, cnt, kv_len, scale=None, precisio
     from xattn_video.kernels.quantize import quantize_channels_fp8, quantize_rows
     from xattn_video.kernels.reference import ATTENTION_GROUP
 
+    if variant == "ws":  # the package's kernel (FA3's layout), one key range: idx / cnt as a mask
+        from xattn_video.block_mask import BlockSparseMask
+        from xattn_video.kernels.block_sparse_attention_gluon import block_sparse_attention_gluon
+        if precision != "native" or stages != STAGES:
+            raise ValueError("the package's warp-specialized kernel runs native precision, 3 stages")
+        mask = BlockSparseMask(idx.view(1, *idx.shape), cnt.view(1, *cnt.shape), BN, q.shape[2], kv_len)
+        return block_sparse_attention_gluon(q, k, v, mask, scale, key_splits=1)
     b, h, n, d = q.shape
     out = torch.empty_like(q)
     qb = triton.cdiv(n, BM)
@@ -362,23 +229,18 @@ def gluon_block_sparse_attention(q, k, v, idx, cnt, kv_len, scale=None, precisio
         sq = sk = sv = kv_len  # never read
         n_pad, kind = n, gl.bfloat16
         v_desc = TensorDescriptor.from_tensor(v.reshape(-1, d), [BN, d], _layout([BN, d], kind))
-    q_block = [BM // 2, d] if variant == "ws" else [BM, d]
-    q_desc = TensorDescriptor.from_tensor(q.reshape(-1, d), q_block, _layout(q_block, kind))
+    q_desc = TensorDescriptor.from_tensor(q.reshape(-1, d), [BM, d], _layout([BM, d], kind))
     k_desc = TensorDescriptor.from_tensor(k.reshape(-1, d), [BN, d], _layout([BN, d], kind))
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    args = (q_desc, k_desc, v_desc, out, idx, cnt, kv_len, sq, sk, sv, scale * LOG2E, n, n_pad, qb, idx.shape[-1], h)
-    if variant == "ws":
-        _bsa_fwd_ws[(qb, b * h)](*args, BM=BM, BN=BN, D=d, STAGES=stages, FP8=fp8, CONSUMER_REGS=240, maxnreg=168,
-                                 num_warps=4)
-    else:
-        _bsa_fwd_gluon[(qb, b * h)](*args, BM=BM, BN=BN, D=d, STAGES=stages, FP8=fp8, Q_GROUP=16,
-                                    NO_SOFTMAX=no_softmax, num_warps=WARPS)
+    _bsa_fwd_gluon[(qb, b * h)](q_desc, k_desc, v_desc, out, idx, cnt, kv_len, sq, sk, sv, scale * LOG2E, n, n_pad,
+                                qb, idx.shape[-1], h, BM=BM, BN=BN, D=d, STAGES=stages, FP8=fp8, Q_GROUP=16,
+                                NO_SOFTMAX=no_softmax, num_warps=WARPS)
     return out
 
 
-def compile_only(precision: str, variant: str = "ws", stages: int | str = STAGES) -> dict:
-    """Build the kernel for sm_90a on this machine (no GPU): PTX, registers, the wgmma waits in the loop."""
-    stages = int(stages)
+def compile_only(precision: str) -> dict:
+    """Build the single-partition kernel for sm_90a on this machine (no GPU): PTX, registers, the wgmma waits in
+    the loop. (The package's warp-specialized kernel has its own build test, tests/test_kernels_gluon.py.)"""
     import re
     import subprocess
     import tempfile
@@ -392,25 +254,21 @@ def compile_only(precision: str, variant: str = "ws", stages: int | str = STAGES
     backend = make_backend(target)
     d, n, fp8 = 128, 4096, precision == "fp8"
     kind, torch_kind = (gl.float8e4nv, torch.float8_e4m3fn) if fp8 else (gl.bfloat16, torch.bfloat16)
-    qk = [TensorDescriptor(MockTensor(torch_kind, [n, d]), [n, d], [d, 1], blk, _layout(blk, kind))
-          for blk in ([BM // 2 if variant == "ws" else BM, d], [BN, d])]
+    qk = [TensorDescriptor(MockTensor(torch_kind, [n, d]), [n, d], [d, 1], [BM, d], _layout([BM, d], kind))
+          for _ in range(2)]
     v_block = [d, BN] if fp8 else [BN, d]
     v_shape = [d, n] if fp8 else [n, d]
     v = TensorDescriptor(MockTensor(torch_kind, v_shape), v_shape, [v_shape[1], 1], v_block, _layout(v_block, kind))
     f32, i32 = MockTensor(torch.float32), MockTensor(torch.int32)
     args = (*qk, v, MockTensor(torch.bfloat16), i32, i32, i32, f32, f32, f32, 0.1, n, n, 32, 32, 24)
-    constants = dict(BM=BM, BN=BN, D=d, STAGES=stages, FP8=fp8)
-    if variant == "ws":
-        fn, constants = _bsa_fwd_ws, dict(constants, CONSUMER_REGS=240, num_warps=4, maxnreg=168)
-    else:
-        fn, constants = _bsa_fwd_gluon, dict(constants, Q_GROUP=16, NO_SOFTMAX=False, num_warps=WARPS)
+    constants = dict(BM=BM, BN=BN, D=d, STAGES=STAGES, FP8=fp8, Q_GROUP=16, NO_SOFTMAX=False, num_warps=WARPS)
+    fn = _bsa_fwd_gluon
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     bound, spec, opts = binder(*args, **constants)
     options, sig, cexprs, attrs = fn._pack_args(backend, constants, bound, spec, opts)
     k = triton.compile(GluonASTSource(fn, sig, cexprs, attrs), target=target, options=options.__dict__)
     ptx = k.asm["ptx"]
-    info = {"precision": precision, "variant": variant, "stages": stages,
-            "setmaxnreg": re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32 (\d+)", ptx), "wgmma": len(re.findall(r"wgmma\.mma_async", ptx)),
+    info = {"precision": precision, "wgmma": len(re.findall(r"wgmma\.mma_async", ptx)),
             "wait_group": sorted(set(re.findall(r"wgmma\.wait_group\.sync\.aligned (\d+)", ptx))),
             "shared_bytes": k.metadata.shared}
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
@@ -493,8 +351,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.compile_only:
-        print(json.dumps([compile_only(p, *spec.split(":")) for spec in args.variants.split(",")
-                          for p in args.precisions.split(",")], indent=1))
+        print(json.dumps([compile_only(p) for p in args.precisions.split(",")], indent=1))
     else:
         check_and_time(args.out, args.cases.split(","), args.precisions.split(","), args.variants.split(","))
 

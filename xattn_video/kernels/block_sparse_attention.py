@@ -22,6 +22,7 @@ import triton.language as tl
 
 from ..block_mask import BlockSparseMask
 from ..config import ceil_div
+from ..log import log_once
 from .quantize import quantize_channels_fp8, quantize_rows, require_fp8_tensor_cores, to_e4m3
 from .reference import ATTENTION_GROUP, check_precision, fp8_key_group
 
@@ -315,7 +316,8 @@ def block_sparse_attention_triton(
     products in e4m3 on fp8 copies of q, k, v (``kernels/quantize.py``; the weights too, see the twin),
     ``"int8-fp8"`` Q.K^T in int8 instead; the mask's block size must then be a multiple of 64. ``launch``
     (benchmarks only) fixes the launch instead of autotuning: BLOCK_M, BLOCK_N, num_warps, num_stages, USE_TMA,
-    WARP_SPECIALIZE, PREFETCH.
+    WARP_SPECIALIZE, PREFETCH. On Hopper, native precision, head_dim 128 and mask blocks of 128 run the Gluon
+    kernel of ``block_sparse_attention_gluon.py`` instead (no ``launch``; ``XATTN_NO_GLUON=1`` turns it off).
     """
     b, h, n, d = q.shape
     n_k = k.shape[2]
@@ -367,6 +369,13 @@ def block_sparse_attention_triton(
         launch = {"QK_INT8": qk_dtype == torch.int8, **(launch or {})}
         _launch_fp8(args, n, b * h, bs, d, tile, interp or q.device.type != "cuda", launch)
         return out
+    if launch is None and not interp and q.is_cuda:
+        from .block_sparse_attention_gluon import block_sparse_attention_gluon, gluon_unavailable_reason
+        why_not = gluon_unavailable_reason(q, k, v, mask)
+        if why_not is None:  # Hopper: FlashAttention-3's layout of this loop, 1.1-1.2x (benchmarks/RESULTS.md)
+            return block_sparse_attention_gluon(q, k, v, mask, scale)
+        if torch.cuda.get_device_capability(q.device)[0] == 9:
+            log_once(f"xattn_video: the Hopper attention kernel cannot run ({why_not}); using the Triton kernel")
     reason = tma_unsupported_reason() if launch and launch.get("USE_TMA") else None
     if reason:
         raise ValueError(f"launch USE_TMA=True cannot run: {reason}; accepted: triton >= 3.4")

@@ -1,0 +1,326 @@
+"""Block-sparse flash attention (forward) for Hopper, in Gluon: FlashAttention-3's warp specialisation.
+
+The Triton kernel (``block_sparse_attention.py``) cannot place its tensor-core waits, so its softmax never runs
+beside a product. This one is written in Gluon (Triton's lower-level dialect, Triton >= 3.6) with FA3's layout:
+a producer warp copies each kept key / value tile into a ring of shared-memory slots (TMA), two consumer
+warpgroups own 64 query rows each, and every consumer issues ``Q.K^T`` of tile j and ``P.V`` of tile j-1
+asynchronously, waits for the first only and runs tile j's softmax while ``P.V`` runs; the two consumers take
+turns issuing their products (ping-pong), so one's softmax also overlaps the other's products.
+
+Long sequences run the kept blocks in ``key_splits`` launches by key range (each launch continues the online
+softmax of the one before from the output and the row statistics it left): one range of every head's keys and
+values then stays in the L2 while all multiprocessors read it (720p bf16: 61 MB of keys and values per head).
+
+Hopper only (sm_90), head_dim 128, bf16 / fp16, mask blocks of 128, native precision; ``gluon_unavailable_reason``
+says why a call cannot run here. ``block_sparse_attention_triton`` launches it where it can (``XATTN_NO_GLUON=1``
+turns that off). Twin: ``reference.block_sparse_attention_reference``; Gluon has no CPU interpreter, so its
+numerics are tested on a GPU and its build (no register spills, the overlapped waits) on the CPU.
+
+Example::
+
+    out = block_sparse_attention_gluon(q, k, v, mask)   # q, k, v [B, H, N, 128] bf16 on an H100 / H200
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+
+from ..block_mask import BlockSparseMask
+from ..config import ceil_div
+
+GLUON_IMPORT_ERROR: str | None = None
+try:  # Gluon's Hopper API as this module uses it is Triton >= 3.6's (3.5 orders warp_specialize's arguments otherwise)
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+except ImportError as e:  # pragma: no cover - depends on the installed Triton
+    GLUON_IMPORT_ERROR = f"triton {triton.__version__} has no Gluon Hopper API ({e})"
+if GLUON_IMPORT_ERROR is None and tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 6):
+    GLUON_IMPORT_ERROR = f"triton {triton.__version__} is older than 3.6, whose Gluon API this kernel is written in"
+
+LOG2E = 1.4426950408889634
+BLOCK = 128  # mask block = key tile = query rows per program (two warpgroups of 64)
+HEAD_DIM = 128
+STAGES = 3  # key / value ring slots: 3 x 64 KB plus the 32 KB query tile fill the 227 KB of shared memory
+DTYPES = (torch.bfloat16, torch.float16)
+L2_SHARE = 0.5  # a key range's keys + values fit half the L2 (2 ranges at 544p and 720p helped, RESULTS.md)
+
+if GLUON_IMPORT_ERROR is None:
+    _BLOCK, _HEAD_DIM, _STAGES = gl.constexpr(BLOCK), gl.constexpr(HEAD_DIM), gl.constexpr(STAGES)
+
+    @gluon.jit
+    def _producer(Q, K, V, q_smem, k_smem, v_smem, q_bar, ready, empty, idx_base, s_ik, start, cnt, q_off, k_off,
+                  v_off, m0, n_q, kv_len, s_qn, s_kn, s_vn):
+        """One warp: this program's query rows, then each kept tile's keys and values into the ring, a slot as
+        soon as both consumers have released it. The descriptors span [kv_len, D] of one (batch, head): rows
+        past kv_len arrive as zeros, so padded keys are never read. (A partition takes no constexpr
+        arguments in Triton 3.6: its constants come from its buffers' shapes.)"""
+        STAGES_: gl.constexpr = k_smem.shape[0]
+        BN: gl.constexpr = k_smem.shape[1]
+        D: gl.constexpr = k_smem.shape[2]
+        HALF: gl.constexpr = q_smem.shape[1]
+        q_desc = tma.make_tensor_descriptor(Q + q_off, [n_q, D], [s_qn, 1], [HALF, D], q_smem.layout)
+        k_desc = tma.make_tensor_descriptor(K + k_off, [kv_len, D], [s_kn, 1], [BN, D], k_smem.layout)
+        v_desc = tma.make_tensor_descriptor(V + v_off, [kv_len, D], [s_vn, 1], [BN, D], v_smem.layout)
+        mbarrier.expect(q_bar.index(0), 2 * q_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(q_desc, [m0, 0], q_bar.index(0), q_smem.index(0))
+        tma.async_copy_global_to_shared(q_desc, [m0 + HALF, 0], q_bar.index(0), q_smem.index(1))
+        for t in range(cnt):
+            slot = t % STAGES_
+            mbarrier.wait(empty.index(slot), ((t // STAGES_) & 1) ^ 1)  # a fresh barrier passes phase 1 at once
+            kb = gl.load(idx_base + (start + t) * s_ik)
+            bar = ready.index(slot)
+            mbarrier.expect(bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(k_desc, [kb * BN, 0], bar, k_smem.index(slot))
+            tma.async_copy_global_to_shared(v_desc, [kb * BN, 0], bar, v_smem.index(slot))
+
+    @gluon.jit
+    def _online_softmax(s, m_i, l_i, scale, kb, kv_len, BN: gl.constexpr, s_layout: gl.constexpr):
+        """Tile kb's weights against the running max: (p, new max, new sum, the old terms' factor). Keys at or
+        past kv_len get -inf; a row without a finite logit yet subtracts 0 (its weights stay 0, not NaN), as
+        the Triton kernel and SDPA's fused kernels do."""
+        if (kb + 1) * BN > kv_len:  # only the last kept block can reach past kv_len
+            cols = kb * BN + gl.arange(0, BN, layout=gl.SliceLayout(0, s_layout))
+            s = gl.where(gl.expand_dims(cols < kv_len, 0), s, float("-inf"))
+        s = s * scale
+        m_new = gl.maximum(m_i, gl.max(s, axis=1))
+        m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = gl.exp2(m_i - m_use)
+        p = gl.exp2(s - gl.expand_dims(m_use, 1))
+        return p, m_new, l_i * alpha + gl.sum(p, axis=1), alpha
+
+    @gluon.jit
+    def _out_ptrs(O, o_off, s_on, row0, HALF: gl.constexpr, D: gl.constexpr, o_layout: gl.constexpr):
+        rows = row0 + gl.arange(0, HALF, layout=gl.SliceLayout(1, o_layout))
+        cols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
+        return O + o_off + gl.expand_dims(rows.to(gl.int64) * s_on, 1) + gl.expand_dims(cols, 0)
+
+    @gluon.jit
+    def _out_mask(row0, n_q, HALF: gl.constexpr, o_layout: gl.constexpr):
+        rows = row0 + gl.arange(0, HALF, layout=gl.SliceLayout(1, o_layout))
+        return gl.expand_dims(rows < n_q, 1)
+
+    @gluon.jit
+    def _consumer(q_smem, k_smem, v_smem, q_bar, ready, empty, turn, O, STATS, idx_base, s_ik, start, cnt, kv_len,
+                  qk_scale, o_off, s_on, stats_off, m0, n_q, first, last, wg):
+        """Warpgroup wg (0 or 1): its 64 query rows over this launch's kept tiles. Round j issues Q.K^T of tile j
+        and P.V of tile j-1 after the other warpgroup issued its round j-1 (warpgroup 0 goes first), waits for
+        the logits only, and runs the softmax while P.V runs. ``first``: fresh state, else the previous key
+        range's (output times row sum, row max, row sum); ``last``: no statistics to leave."""
+        STAGES_: gl.constexpr = k_smem.shape[0]
+        BN: gl.constexpr = k_smem.shape[1]
+        D: gl.constexpr = k_smem.shape[2]
+        HALF: gl.constexpr = q_smem.shape[1]
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, BN, 16])
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, D, 16])
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+        row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+        dtype: gl.constexpr = q_smem.dtype
+        rows_s = m0 + wg * HALF + gl.arange(0, HALF, layout=row_s)
+        if first != 0:
+            m_i = gl.full([HALF], float("-inf"), gl.float32, row_s)
+            l_i = gl.zeros([HALF], gl.float32, row_s)
+            acc = gl.zeros([HALF, D], gl.float32, o_layout)
+        else:  # the previous key range's state (rows past n_q read nothing and are never stored)
+            m_i = gl.load(STATS + stats_off + rows_s, mask=rows_s < n_q, other=float("-inf"))
+            l_i = gl.load(STATS + stats_off + n_q + rows_s, mask=rows_s < n_q, other=0.0)
+            acc = gl.load(_out_ptrs(O, o_off, s_on, m0 + wg * HALF, HALF, D, o_layout),
+                          mask=_out_mask(m0 + wg * HALF, n_q, HALF, o_layout), other=0.0).to(gl.float32)
+            acc = acc * gl.expand_dims(gl.convert_layout(l_i, row_o), 1)
+        if cnt > 0:
+            q = q_smem.index(wg)
+            zero_s = gl.zeros([HALF, BN], gl.float32, s_layout)
+            mbarrier.wait(q_bar.index(0), 0)
+            mbarrier.wait(ready.index(0), 0)
+            mbarrier.wait(turn.index(wg), (1 + wg) & 1)
+            s_tok = warpgroup_mma(q, k_smem.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+            mbarrier.arrive(turn.index(1 - wg))
+            s = warpgroup_mma_wait(0, deps=[s_tok])
+            p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, qk_scale, gl.load(idx_base + start * s_ik), kv_len,
+                                                 BN, s_layout)
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+            for j in range(1, cnt):
+                slot = j % STAGES_
+                prev = (j - 1) % STAGES_
+                mbarrier.wait(ready.index(slot), (j // STAGES_) & 1)
+                mbarrier.wait(turn.index(wg), (j + 1 + wg) & 1)
+                s_tok = warpgroup_mma(q, k_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+                p_op = gl.convert_layout(p.to(dtype), p_layout)
+                acc_tok = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
+                mbarrier.arrive(turn.index(1 - wg))
+                s = warpgroup_mma_wait(1, deps=[s_tok])  # tile j's logits; tile j-1's P.V still running
+                p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, qk_scale, gl.load(idx_base + (start + j) * s_ik),
+                                                     kv_len, BN, s_layout)
+                acc = warpgroup_mma_wait(0, deps=[acc_tok])
+                mbarrier.arrive(empty.index(prev))  # this warpgroup has read tile j-1's slot
+                acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+            p_op = gl.convert_layout(p.to(dtype), p_layout)
+            acc_tok = warpgroup_mma(p_op, v_smem.index((cnt - 1) % STAGES_), acc, is_async=True)
+            acc = warpgroup_mma_wait(0, deps=[acc_tok])
+        # a later range with nothing kept leaves the row as it is; a row with no kept key outputs zeros, a NaN
+        # sum divides. (Masks, not branches: a branch nested in this one fails to build in Triton 3.6.)
+        keep = (first != 0) | (cnt > 0)
+        # pointers made here, not before the loop: 64 live 64-bit addresses would spill its registers
+        o_ptrs = _out_ptrs(O, o_off, s_on, m0 + wg * HALF, HALF, D, o_layout)
+        o_mask = _out_mask(m0 + wg * HALF, n_q, HALF, o_layout)
+        rows = m0 + wg * HALF + gl.arange(0, HALF, layout=row_o)
+        cols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
+        l_o = gl.convert_layout(l_i, row_o)
+        gl.store(o_ptrs, (acc / gl.expand_dims(gl.where(l_o == 0.0, 1.0, l_o), 1)).to(O.dtype.element_ty),
+                 mask=o_mask & keep)
+        # the row statistics for the next range, from column 0 of the output's layout (a 1-d store of the
+        # row-slice layout fails to build too)
+        st_ptrs = STATS + stats_off + gl.expand_dims(rows, 1) + gl.expand_dims(cols * 0, 0)
+        st_mask = o_mask & gl.expand_dims(cols == 0, 0) & keep & (last == 0)
+        zero_o = gl.zeros([HALF, D], gl.float32, o_layout)
+        gl.store(st_ptrs, zero_o + gl.expand_dims(gl.convert_layout(m_i, row_o), 1), mask=st_mask)
+        gl.store(st_ptrs + n_q, zero_o + gl.expand_dims(l_o, 1), mask=st_mask)
+
+    @gluon.jit
+    def _bsa_fwd_ws(Q, K, V, O, STATS, IDX, START, CNT, KVLEN, qk_scale,
+                    s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_on,
+                    s_ib, s_ih, s_iq, s_ik, s_rb, s_rh, s_rq, H, N_Q,
+                    FIRST: gl.constexpr, LAST: gl.constexpr, Q_LAYOUT: gl.constexpr, KV_LAYOUT: gl.constexpr,
+                    num_warps: gl.constexpr):
+        """One program: 128 query rows of one (batch, head), over the kept blocks of this launch's key range
+        (``IDX[start:start + cnt]`` of the row; START / CNT per row)."""
+        pid_m = gl.program_id(0)
+        bh = gl.program_id(1)
+        b = (bh // H).to(gl.int64)
+        h = (bh % H).to(gl.int64)
+        kv_len = gl.load(KVLEN + b)
+        idx_base = IDX + b * s_ib + h * s_ih + pid_m * s_iq
+        start = gl.load(START + b * s_rb + h * s_rh + pid_m * s_rq)
+        cnt = gl.load(CNT + b * s_rb + h * s_rh + pid_m * s_rq)
+        dtype: gl.constexpr = Q.dtype.element_ty
+        q_smem = gl.allocate_shared_memory(dtype, [2, _BLOCK // 2, _HEAD_DIM], Q_LAYOUT)
+        k_smem = gl.allocate_shared_memory(dtype, [_STAGES, _BLOCK, _HEAD_DIM], KV_LAYOUT)
+        v_smem = gl.allocate_shared_memory(dtype, [_STAGES, _BLOCK, _HEAD_DIM], KV_LAYOUT)
+        ready = gl.allocate_shared_memory(gl.int64, [_STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [_STAGES, 1], mbarrier.MBarrierLayout())
+        q_bar = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
+        turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(_STAGES):
+            mbarrier.init(ready.index(i), count=1)
+            mbarrier.init(empty.index(i), count=2)  # one arrival per consumer
+        mbarrier.init(q_bar.index(0), count=1)
+        mbarrier.init(turn.index(0), count=1)
+        mbarrier.init(turn.index(1), count=1)
+        m0 = pid_m * _BLOCK
+        # partitions take tensors only: Triton makes an int argument equal to 1 a constant, hence to_tensor
+        s_ik, n_q = gl.to_tensor(s_ik), gl.to_tensor(N_Q)
+        consumer = (q_smem, k_smem, v_smem, q_bar, ready, empty, turn, O, STATS, idx_base, s_ik, start, cnt, kv_len,
+                    qk_scale, b * s_ob + h * s_oh, gl.to_tensor(s_on), bh.to(gl.int64) * 2 * n_q, m0, n_q,
+                    (pid_m * 0 + FIRST), (pid_m * 0 + LAST))
+        gl.warp_specialize([(_consumer, consumer + (gl.to_tensor(0),)),
+                            (_consumer, consumer + (gl.to_tensor(1),)),
+                            (_producer, (Q, K, V, q_smem, k_smem, v_smem, q_bar, ready, empty, idx_base, s_ik, start,
+                                         cnt, b * s_qb + h * s_qh, b * s_kb + h * s_kh, b * s_vb + h * s_vh, m0,
+                                         n_q, kv_len, gl.to_tensor(s_qn), gl.to_tensor(s_kn), gl.to_tensor(s_vn)))],
+                           [4, 1], [240, 24])
+
+
+def gluon_unavailable_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockSparseMask,
+                             precision: str = "native") -> str | None:
+    """Why ``block_sparse_attention_gluon`` cannot run this call here, or None when it can.
+
+    Example::
+
+        gluon_unavailable_reason(q, k, v, mask)   # None for bf16 [B, H, N, 128] on an H100 / H200, blocks of 128
+    """
+    if precision != "native":
+        return f"precision={precision!r}: it computes in the inputs' precision only"
+    if q.shape[-1] != HEAD_DIM or q.dtype not in DTYPES:
+        return f"head_dim={q.shape[-1]}, dtype={q.dtype}: it needs head_dim {HEAD_DIM} in bf16 / fp16"
+    if mask.block_size != BLOCK:
+        return f"mask block_size={mask.block_size}: it needs blocks of {BLOCK}"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        # bulk copies: unit stride on D, rows and each (batch, head) start 16-byte aligned
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(
+                t.shape[i] > 1 and t.stride(i) * t.element_size() % 16 for i in range(3)):
+            return f"{name} strides {tuple(t.stride())} do not suit bulk copies (unit stride on D, 16-byte rows)"
+    if GLUON_IMPORT_ERROR is not None:
+        return GLUON_IMPORT_ERROR
+    if os.environ.get("XATTN_NO_GLUON", "0") not in ("", "0"):
+        return "XATTN_NO_GLUON is set"
+    if not q.is_cuda or torch.cuda.get_device_capability(q.device)[0] != 9:
+        return f"it needs a Hopper GPU (sm_90), inputs are on {q.device}"
+    return None
+
+
+def default_key_splits(k: torch.Tensor) -> int:
+    """Key ranges per call: as few as keep one range of one head's keys and values within ``L2_SHARE`` of the
+    L2 (1 up to 30 MiB of keys + values per head on an H200, 2 at 544p and 720p in bf16)."""
+    l2 = torch.cuda.get_device_properties(k.device).L2_cache_size
+    kv_bytes = 2 * k.shape[2] * k.shape[3] * k.element_size()
+    return max(1, math.ceil(kv_bytes / (L2_SHARE * l2)))
+
+
+def split_rows(idx: torch.Tensor, cnt: torch.Tensor, n_kb: int, key_splits: int) -> list[tuple[torch.Tensor, ...]]:
+    """Each key range's (start, count) per mask row, int32 ``[B, H, QB]``, the ``n_kb`` key blocks cut into
+    ``key_splits`` equal ranges: a row's kept blocks (``idx[..., :cnt]``) are ascending, so range r's blocks
+    are the entries from ``start`` on whose index lies below the range's end.
+
+    Example::
+
+        (start, count), = split_rows(mask.kv_indices, mask.kv_counts, 8, 1)   # zeros and mask.kv_counts
+    """
+    cnt = cnt.to(torch.int32)
+    valid = torch.arange(idx.shape[-1], device=idx.device) < cnt[..., None]
+    ends = [round((r + 1) * n_kb / key_splits) for r in range(key_splits)]
+    below = [torch.zeros_like(cnt)] + [((idx < e) & valid).sum(-1, dtype=torch.int32) for e in ends[:-1]] + [cnt]
+    return [(below[r].contiguous(), (below[r + 1] - below[r]).contiguous()) for r in range(key_splits)]
+
+
+def block_sparse_attention_gluon(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockSparseMask, scale: float | None = None,
+    precision: str = "native", *, key_splits: int | None = None,
+) -> torch.Tensor:
+    """Attention of each query block over its kept key blocks (keys past ``mask.kv_len`` excluded), on Hopper.
+
+    Same contract as ``block_sparse_attention_triton`` (q ``[B, H, N, 128]``, k / v ``[B, H, N_k, 128]``, any
+    strides with unit stride on D; returns ``[B, H, N, 128]`` in q's dtype); raises ``ValueError`` naming the
+    reason where ``gluon_unavailable_reason`` gives one. ``key_splits`` (benchmarks): key ranges per call,
+    default ``default_key_splits(k)``.
+    """
+    reason = gluon_unavailable_reason(q, k, v, mask, precision)
+    if reason:
+        raise ValueError(f"the Gluon attention kernel cannot run this call: {reason}")
+    b, h, n, d = q.shape
+    n_k = k.shape[2]
+    idx = mask.kv_indices.to(device=q.device, dtype=torch.int32)
+    if idx.shape[0] != b or idx.shape[1] not in (1, h) or idx.shape[2] != ceil_div(n, BLOCK) \
+            or idx.shape[3] < ceil_div(n_k, BLOCK) or k.shape != v.shape or k.shape[:2] != (b, h) or k.shape[3] != d:
+        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} and mask kv_indices "
+                         f"{tuple(idx.shape)} do not fit together")
+    splits = default_key_splits(k) if key_splits is None else key_splits
+    if splits < 1:
+        raise ValueError(f"key_splits={key_splits} is not supported; accepted: >= 1")
+    kv_len = mask.kv_len.to(device=q.device, dtype=torch.int32).clamp(max=n_k).contiguous()
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    out = torch.empty((b, h, n, d), dtype=q.dtype, device=q.device)
+    # the row max and sum that one key range leaves the next (none with a single range)
+    stats = torch.empty((b * h, 2, n) if splits > 1 else (1,), dtype=torch.float32, device=q.device)
+    from .block_sparse_attention import install_tma_allocator
+    install_tma_allocator()  # the producer builds its bulk-copy descriptors on the device
+    s_ih = idx.stride(1) if idx.shape[1] > 1 else 0  # a mask head dim of 1 broadcasts over heads
+    kind = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
+    layouts = {"Q_LAYOUT": gl.NVMMASharedLayout.get_default_for([BLOCK // 2, HEAD_DIM], kind),
+               "KV_LAYOUT": gl.NVMMASharedLayout.get_default_for([BLOCK, HEAD_DIM], kind)}
+    ranges = split_rows(idx, mask.kv_counts.to(q.device), ceil_div(int(kv_len.max()), BLOCK), splits)
+    for r, (start, count) in enumerate(ranges):
+        s_rh = start.stride(1) if start.shape[1] > 1 else 0
+        _bsa_fwd_ws[(ceil_div(n, BLOCK), b * h)](
+            q, k, v, out, stats, idx, start, count, kv_len, scale * LOG2E,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+            idx.stride(0), s_ih, idx.stride(2), idx.stride(3), start.stride(0), s_rh, start.stride(2), h, n,
+            FIRST=r == 0, LAST=r == splits - 1, **layouts, num_warps=4, maxnreg=168)
+    return out
