@@ -185,12 +185,22 @@ def warm_up_kernels(device, dtype, backend: str, tiny: bool, n: int) -> None:
     sync(device)
 
 
+def selected_rows(keys: str | None) -> list[tuple]:
+    """ROWS named by ``--rows``: a key equal to a row's label selects that row only, any other key every row
+    whose label contains it."""
+    if not keys:
+        return list(ROWS)
+    keys = keys.split(",")
+    labels = {name for name, _ in ROWS}
+    return [r for r in ROWS if any(key == r[0] if key in labels else key in r[0] for key in keys)]
+
+
 def bench_size(model, name: str, latent, args, device, dtype, backend: str) -> list[dict]:
     inputs = make_inputs(model, latent, args.text, args.valid_text, device, dtype)
     n_video = latent[0] * (latent[1] // 2) * (latent[2] // 2)
     warm_up_kernels(device, dtype, backend, args.tiny, n_video + args.text)
     rows, reference = [], None
-    for label, overrides in [r for r in ROWS if not args.rows or any(key in r[0] for key in args.rows.split(","))]:
+    for label, overrides in selected_rows(args.rows):
         if overrides is None:
             remove_xattention(model)
             state = None
@@ -394,8 +404,8 @@ def main() -> None:
     p.add_argument("--vae", action="store_true", help="measure one tiled VAE decode at the largest size")
     p.add_argument("--structured", action="store_true", help="structured Q/K/V quality check at 720p")
     p.add_argument("--no-profile", action="store_true")
-    p.add_argument("--rows", help="comma-separated substrings of the row labels to run (the speedups and the "
-                   "end-to-end projection need the stock and dense rows among them)")
+    p.add_argument("--rows", help="comma-separated row labels (exact: that row only) or substrings of them (the "
+                   "speedups and the end-to-end projection need the stock and dense rows among them)")
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: small model, reference backend")
     p.add_argument("--out", default="bench_transformer.json")
     args = p.parse_args()

@@ -1,18 +1,24 @@
-"""Experiment (issue 14 item 1): the block-sparse attention forward in Gluon, with FlashAttention-3's overlap
-inside one program, against the shipped Triton kernel. Not part of the package.
+"""Experiment (issue 14): the block-sparse attention forward in Gluon, beside the shipped kernels. Not part of the
+package.
 
 Plain Triton waits for each tensor-core product before its first use (RESULTS.md: a software-pipelined
-`tl.dot` loop gained nothing). Gluon (Triton 3.6's lower-level dialect) lets the kernel place the wait: each
-iteration issues Q.K^T of tile j and P.V of tile j-1 asynchronously, waits for the first only, runs tile j's
-softmax while P.V runs, then waits for P.V. K / V tiles arrive by TMA into a ring of STAGES slots, tiles ahead.
-One tile per kept 128-key block; bf16, or fp8 (e4m3 on the package's fp8 copies, as the Triton kernel's
-``precision="fp8"``); 8 warps over 128 query rows. Gluon kernels do not run under the CPU
-interpreter: ``--compile-only`` builds PTX for sm_90a on a CPU (Triton 3.6's bundled ptxas) and reports the
-wgmma waits and registers; on a GPU the script checks the output against the Triton kernel and times both.
+`tl.dot` loop gained nothing). Gluon (Triton's lower-level dialect, >= 3.6) lets a kernel place the wait. Two
+variants, checked against the Triton kernel and timed beside it:
+
+- "overlap" (here): one partition of 8 warps over 128 query rows; each iteration issues Q.K^T of tile j and P.V
+  of tile j-1 asynchronously, waits for the first only and runs tile j's softmax while P.V runs; a TMA ring of
+  STAGES slots; bf16, or fp8 (e4m3 on the package's fp8 copies, as the Triton kernel's ``precision="fp8"``).
+  On the H200 it ran no faster than the Triton kernel (RESULTS.md, 2026-11-29 12:30 UTC). ``--no-softmax``
+  style ablations: ``gluon_block_sparse_attention(..., no_softmax=True)``.
+- "ws": the package's kernel (``xattn_video/kernels/block_sparse_attention_gluon.py``: FA3's warp
+  specialisation with a producer warp and two ping-pong consumer warpgroups), bf16.
+
+Gluon kernels do not run under the CPU interpreter: ``--compile-only`` builds the "overlap" kernel for sm_90a on
+a CPU and reports its wgmma waits and registers.
 
     python benchmarks/gluon_bsa.py --compile-only             # CPU (no GPU): bf16 and fp8
     python benchmarks/gluon_bsa.py --cases small --out $OUT/gluon_small.json    # GPU: a first, small check
-    python benchmarks/gluon_bsa.py --out $OUT/gluon.json      # GPU: check + time up to 720p, density 0.3
+    python benchmarks/gluon_bsa.py --cases 720p,544p --variants ws:3,overlap:3 --out $OUT/gluon.json
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 LOG2E = 1.4426950408889634
+_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared  # 3.9 renamed it
 
 
 @gluon.jit
@@ -46,11 +53,11 @@ def _issue_kv(k_desc, v_desc, k_smem, v_smem, ready, idx_base, t, cnt, kv_row0, 
     slot = t % STAGES
     bar = ready.index(slot)
     mbarrier.expect(bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes, pred=ok)
-    tma.async_copy_global_to_shared(k_desc, [kv_row0 + kb * BN, 0], bar, k_smem.index(slot), pred=ok)
+    _tma_load(k_desc, [kv_row0 + kb * BN, 0], bar, k_smem.index(slot), pred=ok)
     if FP8:
-        tma.async_copy_global_to_shared(v_desc, [v_row0, kb * BN], bar, v_smem.index(slot), pred=ok)
+        _tma_load(v_desc, [v_row0, kb * BN], bar, v_smem.index(slot), pred=ok)
     else:
-        tma.async_copy_global_to_shared(v_desc, [kv_row0 + kb * BN, 0], bar, v_smem.index(slot), pred=ok)
+        _tma_load(v_desc, [kv_row0 + kb * BN, 0], bar, v_smem.index(slot), pred=ok)
 
 
 @gluon.jit
@@ -128,7 +135,7 @@ def _bsa_fwd_gluon(q_desc, k_desc, v_desc, O, IDX, CNT, KVLEN, SQ, SK, SV, qk_sc
     mbarrier.init(q_bar.index(0), count=1)
 
     mbarrier.expect(q_bar.index(0), q_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(q_desc, [q_row0, 0], q_bar.index(0), q_smem)
+    _tma_load(q_desc, [q_row0, 0], q_bar.index(0), q_smem)
     for t in gl.static_range(STAGES):  # every slot filled; each later one refills as soon as its P.V is done
         _issue_kv(k_desc, v_desc, k_smem, v_smem, ready, idx_base, t, cnt, kv_row0, v_row0, BN, STAGES, FP8)
     mbarrier.wait(q_bar.index(0), 0)
@@ -271,7 +278,8 @@ def compile_only(precision: str) -> dict:
     info = {"precision": precision, "wgmma": len(re.findall(r"wgmma\.mma_async", ptx)),
             "wait_group": sorted(set(re.findall(r"wgmma\.wait_group\.sync\.aligned (\d+)", ptx))),
             "shared_bytes": k.metadata.shared}
-    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    from triton.backends.nvidia.compiler import get_ptxas
+    ptxas = get_ptxas(90).path
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "gluon_bsa.ptx"
         src.write_text(ptx)
