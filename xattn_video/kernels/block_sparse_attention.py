@@ -340,6 +340,14 @@ def block_sparse_attention_triton(
             or cnt.shape != idx.shape[:3]:
         raise ValueError(f"mask kv_indices {tuple(idx.shape)} / kv_counts {tuple(cnt.shape)} do not fit q "
                          f"{tuple(q.shape)}, k {tuple(k.shape)} with block_size={bs}")
+    check_precision(precision)
+    if precision == "native" and launch is None and not interp and q.is_cuda:
+        from .block_sparse_attention_gluon import block_sparse_attention_gluon, gluon_unavailable_reason
+        why_not = gluon_unavailable_reason(q, k, v, mask)
+        if why_not is None:  # Hopper: FlashAttention-3's layout of this loop, 1.1-1.3x (benchmarks/RESULTS.md)
+            return block_sparse_attention_gluon(q, k, v, mask, scale)
+        if torch.cuda.get_device_capability(q.device)[0] == 9:
+            log_once(f"xattn_video: the Hopper attention kernel cannot run ({why_not}); using the Triton kernel")
     idx = idx.to(device=q.device, dtype=torch.int32)
     cnt = cnt.to(device=q.device, dtype=torch.int32)
     kv_len = mask.kv_len.to(device=q.device, dtype=torch.int32).clamp(max=n_k).contiguous()
@@ -348,7 +356,6 @@ def block_sparse_attention_triton(
     s_ch = cnt.stride(1) if cnt.shape[1] > 1 else 0
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     out = torch.empty((b, h, n, d), dtype=q.dtype, device=q.device)
-    check_precision(precision)
     fp8 = precision != "native"
     scales = (q, q, q, 0, 0)  # never read without fp8
     if fp8:
@@ -369,13 +376,6 @@ def block_sparse_attention_triton(
         launch = {"QK_INT8": qk_dtype == torch.int8, **(launch or {})}
         _launch_fp8(args, n, b * h, bs, d, tile, interp or q.device.type != "cuda", launch)
         return out
-    if launch is None and not interp and q.is_cuda:
-        from .block_sparse_attention_gluon import block_sparse_attention_gluon, gluon_unavailable_reason
-        why_not = gluon_unavailable_reason(q, k, v, mask)
-        if why_not is None:  # Hopper: FlashAttention-3's layout of this loop, 1.1-1.2x (benchmarks/RESULTS.md)
-            return block_sparse_attention_gluon(q, k, v, mask, scale)
-        if torch.cuda.get_device_capability(q.device)[0] == 9:
-            log_once(f"xattn_video: the Hopper attention kernel cannot run ({why_not}); using the Triton kernel")
     reason = tma_unsupported_reason() if launch and launch.get("USE_TMA") else None
     if reason:
         raise ValueError(f"launch USE_TMA=True cannot run: {reason}; accepted: triton >= 3.4")

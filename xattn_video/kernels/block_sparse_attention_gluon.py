@@ -14,7 +14,7 @@ values then stays in the L2 while all multiprocessors read it (720p bf16: 61 MB 
 Hopper only (sm_90), head_dim 128, bf16 / fp16, mask blocks of 128, native precision; ``gluon_unavailable_reason``
 says why a call cannot run here. ``block_sparse_attention_triton`` launches it where it can (``XATTN_NO_GLUON=1``
 turns that off). Twin: ``reference.block_sparse_attention_reference``; Gluon has no CPU interpreter, so its
-numerics are tested on a GPU and its build (no register spills, the overlapped waits) on the CPU.
+numerics are tested on a GPU and its build (the overlapped waits, registers, shared memory) on the CPU.
 
 Example::
 
@@ -330,14 +330,14 @@ def block_sparse_attention_gluon(
     n_k = k.shape[2]
     idx = mask.kv_indices.to(device=q.device, dtype=torch.int32)
     if idx.shape[0] != b or idx.shape[1] not in (1, h) or idx.shape[2] != ceil_div(n, BLOCK) \
-            or idx.shape[3] < ceil_div(n_k, BLOCK) or k.shape != v.shape or k.shape[:2] != (b, h) or k.shape[3] != d:
+            or idx.shape[3] < ceil_div(n_k, BLOCK) or mask.kv_counts.shape != idx.shape[:3] or k.shape != v.shape \
+            or k.shape[:2] != (b, h) or k.shape[3] != d:
         raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} and mask kv_indices "
-                         f"{tuple(idx.shape)} do not fit together")
+                         f"{tuple(idx.shape)} / kv_counts {tuple(mask.kv_counts.shape)} do not fit together")
     splits = default_key_splits(k) if key_splits is None else key_splits
     if splits < 1:
         raise ValueError(f"key_splits={key_splits} is not supported; accepted: >= 1")
-    items = blocks_per_program
-    if items < 1:
+    if blocks_per_program < 1:
         raise ValueError(f"blocks_per_program={blocks_per_program} is not supported; accepted: >= 1")
     kv_len = mask.kv_len.to(device=q.device, dtype=torch.int32).clamp(max=n_k).contiguous()
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
@@ -353,10 +353,11 @@ def block_sparse_attention_gluon(
     ranges = split_rows(idx, mask.kv_counts.to(q.device), ceil_div(n_k, BLOCK), splits)  # no device sync
     for r, (start, count) in enumerate(ranges):
         s_rh = start.stride(1) if start.shape[1] > 1 else 0
-        _bsa_fwd_ws[(ceil_div(ceil_div(n, BLOCK), items), b * h)](
+        _bsa_fwd_ws[(ceil_div(ceil_div(n, BLOCK), blocks_per_program), b * h)](
             q, k, v, out, stats, idx, start, count, kv_len, scale * LOG2E,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-            idx.stride(0), s_ih, idx.stride(2), idx.stride(3), start.stride(0), s_rh, start.stride(2), h, n, items,
+            idx.stride(0), s_ih, idx.stride(2), idx.stride(3), start.stride(0), s_rh, start.stride(2), h, n,
+            blocks_per_program,
             FIRST=r == 0, LAST=r == splits - 1, **layouts, num_warps=4, maxnreg=168)
     return out
