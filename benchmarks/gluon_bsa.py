@@ -8,8 +8,8 @@ variants, checked against the Triton kernel and timed beside it:
 - "overlap" (here): one partition of 8 warps over 128 query rows; each iteration issues Q.K^T of tile j and P.V
   of tile j-1 asynchronously, waits for the first only and runs tile j's softmax while P.V runs; a TMA ring of
   STAGES slots; bf16, or fp8 (e4m3 on the package's fp8 copies, as the Triton kernel's ``precision="fp8"``).
-  On the H200 it ran no faster than the Triton kernel (RESULTS.md, 2026-11-29 12:30 UTC). ``--no-softmax``
-  style ablations: ``gluon_block_sparse_attention(..., no_softmax=True)``.
+  On the H200 it ran no faster than the Triton kernel (RESULTS.md, 2026-11-29, call 1); with
+  ``no_softmax=True`` (timing only) it leaves the softmax out, as the ablation of call 2 did.
 - "ws": the package's kernel (``xattn_video/kernels/block_sparse_attention_gluon.py``: FA3's warp
   specialisation with a producer warp and two ping-pong consumer warpgroups), bf16.
 
@@ -354,7 +354,7 @@ def main() -> None:
     ap.add_argument("--compile-only", action="store_true", help="build PTX for sm_90a on a CPU, no GPU needed")
     ap.add_argument("--cases", default="small,4k,720p", help=f"comma-separated: {', '.join(CASES)}")
     ap.add_argument("--precisions", default="native,fp8", help="comma-separated: native (bf16), fp8")
-    ap.add_argument("--variants", default="ws:2,overlap:3",
+    ap.add_argument("--variants", default="ws:3,overlap:3",
                     help=f"comma-separated name:ring depth, names {', '.join(VARIANTS)}")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
