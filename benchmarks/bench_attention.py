@@ -19,13 +19,13 @@ Does not import diffusers.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -217,20 +217,6 @@ def fault_checks(device: str = "cuda") -> list[dict]:
     return results
 
 
-@contextlib.contextmanager
-def triton_kernel_only():
-    """The Triton attention kernel even where the Hopper one would run (XATTN_NO_GLUON=1 for the block)."""
-    old = os.environ.get("XATTN_NO_GLUON")
-    os.environ["XATTN_NO_GLUON"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["XATTN_NO_GLUON"]
-        else:
-            os.environ["XATTN_NO_GLUON"] = old
-
-
 def attention_kernel(q, k, v, mask) -> str:
     """Which kernel block_sparse_attention_triton runs for this call: "gluon" (Hopper) or "triton"."""
     from xattn_video.kernels.block_sparse_attention_gluon import gluon_unavailable_reason
@@ -291,7 +277,7 @@ def run_size(name: str, quick: bool, flex_fn, rows: list[dict]) -> None:
         dens = mask.density()
         ours_ms = bench(lambda: block_sparse_attention_triton(qq, kk, vv, mask), quick)
         out = block_sparse_attention_triton(qq, kk, vv, mask)
-        with triton_kernel_only():  # the Triton kernel where the Hopper (Gluon) one runs by default
+        with mock.patch.dict(os.environ, {"XATTN_NO_GLUON": "1"}):  # the Triton kernel where the Gluon one runs
             triton_ms = bench(lambda: block_sparse_attention_triton(qq, kk, vv, mask), quick)
         err_ref = subset_reference_error(qq, kk, vv, mask, out, 1 if quick else 3)
         low = {}  # the 8-bit arithmetic on the same mask: time, and how close to the native output

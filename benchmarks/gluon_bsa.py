@@ -249,16 +249,11 @@ def compile_only(precision: str) -> dict:
     """Build the single-partition kernel for sm_90a on this machine (no GPU): PTX, registers, the wgmma waits in
     the loop. (The package's warp-specialized kernel has its own build test, tests/test_kernels_gluon.py.)"""
     import re
-    import subprocess
-    import tempfile
 
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import make_backend
-    from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.runtime.jit import MockTensor, create_function_from_signature
+    from triton.runtime.jit import MockTensor
 
-    target = GPUTarget("cuda", 90, 32)
-    backend = make_backend(target)
+    from xattn_video.kernels.block_sparse_attention_gluon import build_for_sm90
+
     d, n, fp8 = 128, 4096, precision == "fp8"
     kind, torch_kind = (gl.float8e4nv, torch.float8_e4m3fn) if fp8 else (gl.bfloat16, torch.bfloat16)
     qk = [TensorDescriptor(MockTensor(torch_kind, [n, d]), [n, d], [d, 1], [BM, d], _layout([BM, d], kind))
@@ -269,25 +264,13 @@ def compile_only(precision: str) -> dict:
     f32, i32 = MockTensor(torch.float32), MockTensor(torch.int32)
     args = (*qk, v, MockTensor(torch.bfloat16), i32, i32, i32, f32, f32, f32, 0.1, n, n, 32, 32, 24)
     constants = dict(BM=BM, BN=BN, D=d, STAGES=STAGES, FP8=fp8, Q_GROUP=16, NO_SOFTMAX=False, num_warps=WARPS)
-    fn = _bsa_fwd_gluon
-    binder = create_function_from_signature(fn.signature, fn.params, backend)
-    bound, spec, opts = binder(*args, **constants)
-    options, sig, cexprs, attrs = fn._pack_args(backend, constants, bound, spec, opts)
-    k = triton.compile(GluonASTSource(fn, sig, cexprs, attrs), target=target, options=options.__dict__)
-    ptx = k.asm["ptx"]
-    info = {"precision": precision, "wgmma": len(re.findall(r"wgmma\.mma_async", ptx)),
+    info = build_for_sm90(_bsa_fwd_gluon, args, constants)
+    ptx = info["ptx"]
+    return {"precision": precision, "wgmma": len(re.findall(r"wgmma\.mma_async", ptx)),
             "wait_group": sorted(set(re.findall(r"wgmma\.wait_group\.sync\.aligned (\d+)", ptx))),
-            "shared_bytes": k.metadata.shared}
-    from triton.backends.nvidia.compiler import get_ptxas
-    ptxas = get_ptxas(90).path
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "gluon_bsa.ptx"
-        src.write_text(ptx)
-        res = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", str(src), "-o", str(Path(tmp) / "gluon_bsa.cubin")],
-                             capture_output=True, text=True)
-    info["ptxas"] = " ".join(line.strip() for line in res.stderr.splitlines() if "registers" in line or "spill" in line)
-    return info
-
+            "shared_bytes": info["shared"],
+            "ptxas": " ".join(line.strip() for line in info["ptxas"].splitlines()
+                              if "registers" in line or "spill" in line)}
 
 CASES = {"small": (1000, 0.5, 2), "4k": (4096, 0.3, 4), "544p": (67_576, 0.3, 24), "544p_015": (67_576, 0.15, 24),
          "720p": (119_056, 0.3, 24), "720p_015": (119_056, 0.15, 24)}  # tokens, density, heads

@@ -9,12 +9,9 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 import torch
-import triton
 
 from xattn_video.block_mask import BlockSparseMask
 from xattn_video.kernels import block_sparse_attention_gluon as bsg
@@ -28,15 +25,10 @@ needs_hopper = pytest.mark.skipif(not HOPPER or bsg.GLUON_IMPORT_ERROR is not No
 
 
 def _build_for_sm90(dtype: torch.dtype, first: bool, last: bool) -> dict:
-    """Compile the kernel for sm_90a on this machine (no GPU): its PTX and what ptxas says of it. Run outside
-    Triton's interpreter (this file's ``__main__``)."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import make_backend
-    from triton.experimental.gluon._runtime import GluonASTSource
-    from triton.runtime.jit import MockTensor, create_function_from_signature
+    """The kernel built for sm_90a on this machine (no GPU): its waits, register counts, shared memory, spills.
+    Run outside Triton's interpreter (this file's ``__main__``)."""
+    from triton.runtime.jit import MockTensor
 
-    target = GPUTarget("cuda", 90, 32)
-    backend = make_backend(target)
     kind = bsg.gl.bfloat16 if dtype == torch.bfloat16 else bsg.gl.float16
     t, f32, i32 = MockTensor(dtype), MockTensor(torch.float32), MockTensor(torch.int32)
     # pointers, scale, 12 tensor strides, 7 mask strides (s_ik = 1: a constant to Triton), H, N, blocks per program
@@ -44,21 +36,12 @@ def _build_for_sm90(dtype: torch.dtype, first: bool, last: bool) -> dict:
                                                                               4)
     constants = dict(FIRST=first, LAST=last, Q_LAYOUT=bsg.gl.NVMMASharedLayout.get_default_for([64, 128], kind),
                      KV_LAYOUT=bsg.gl.NVMMASharedLayout.get_default_for([128, 128], kind), num_warps=4, maxnreg=168)
-    fn = bsg._bsa_fwd_ws
-    bound, spec, opts = create_function_from_signature(fn.signature, fn.params, backend)(*args, **constants)
-    options, sig, cexprs, attrs = fn._pack_args(backend, constants, bound, spec, opts)
-    kernel = triton.compile(GluonASTSource(fn, sig, cexprs, attrs), target=target, options=options.__dict__)
-    ptx = kernel.asm["ptx"]
-    from triton.backends.nvidia.compiler import get_ptxas
-    ptxas = get_ptxas(90).path  # the ptxas this Triton builds sm_90 with (3.9: its newer one)
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "k.ptx").write_text(ptx)
-        res = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", str(Path(tmp) / "k.ptx"), "-o",
-                              str(Path(tmp) / "k.cubin")], capture_output=True, text=True, check=True)
+    info = bsg.build_for_sm90(bsg._bsa_fwd_ws, args, constants)
+    ptx = info["ptx"]
     return {"waits": sorted(set(re.findall(r"wgmma\.wait_group\.sync\.aligned (\d+)", ptx))),
             "regs": sorted({int(r) for r in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)}),
-            "shared": kernel.metadata.shared,
-            "spill": int(re.search(r"(\d+) bytes spill stores", res.stderr).group(1))}
+            "shared": info["shared"],
+            "spill": int(re.search(r"(\d+) bytes spill stores", info["ptxas"]).group(1))}
 
 
 @needs_gluon

@@ -25,15 +25,16 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-E4M3_MAX = 448.0  # the largest finite float8_e4m3fn
+from .kernels.reference import FP8, FP8_MAX
+
 _TINY = 1e-12  # a scale for an all-zero row: its values quantize to 0 instead of 0 / 0
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` ([M, K]) in e4m3 with one float32 scale per row ([M, 1]): ``x ≈ x_fp8.float() * scale``."""
     amax = x.abs().amax(dim=-1, keepdim=True).float()
-    scale = (amax / E4M3_MAX).clamp_min(_TINY)
-    return (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn), scale
+    scale = (amax / FP8_MAX).clamp_min(_TINY)
+    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
 
 
 def float8_linear(x: torch.Tensor, weight_fp8: torch.Tensor, weight_scale: torch.Tensor,

@@ -258,6 +258,40 @@ if GLUON_IMPORT_ERROR is None:
                            [4, 1], [240, 24])
 
 
+def build_for_sm90(fn, args: tuple, constants: dict) -> dict:
+    """Compile the Gluon kernel ``fn`` for sm_90a on this machine, no GPU needed (``args``: ``MockTensor``s for
+    pointers, numbers for scalars; ``constants``: constexprs and launch options): its PTX, shared memory, and what
+    this Triton's ptxas says of it (registers, spills). Must run outside Triton's CPU interpreter.
+
+    Example::
+
+        info = build_for_sm90(_bsa_fwd_ws, args, dict(FIRST=True, LAST=True, ..., num_warps=4))
+        "wgmma.wait_group.sync.aligned 1" in info["ptx"]
+    """
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
+    from triton.compiler import make_backend
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import create_function_from_signature
+
+    target = GPUTarget("cuda", 90, 32)
+    backend = make_backend(target)
+    bound, spec, opts = create_function_from_signature(fn.signature, fn.params, backend)(*args, **constants)
+    options, sig, cexprs, attrs = fn._pack_args(backend, constants, bound, spec, opts)
+    kernel = triton.compile(GluonASTSource(fn, sig, cexprs, attrs), target=target, options=options.__dict__)
+    ptx = kernel.asm["ptx"]
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "k.ptx").write_text(ptx)
+        # the ptxas this Triton builds sm_90 with (3.9: a newer one than its bundled ptxas)
+        res = subprocess.run([str(get_ptxas(90).path), "-arch=sm_90a", "-v", str(Path(tmp) / "k.ptx"), "-o",
+                              str(Path(tmp) / "k.cubin")], capture_output=True, text=True, check=True)
+    return {"ptx": ptx, "shared": kernel.metadata.shared, "ptxas": res.stderr}
+
+
 def gluon_unavailable_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockSparseMask,
                              precision: str = "native") -> str | None:
     """Why ``block_sparse_attention_gluon`` cannot run this call here, or None when it can.
