@@ -3,11 +3,12 @@
 HunyuanVideo shapes (B=1, H=24, D=128, bf16, video + 256 text tokens, the last 30 text keys padding). Beside
 every row: the same mask in 8-bit arithmetic (`precision` "int8-fp8" and "fp8": time, cosine to the native
 output) and, on the estimate rows, the fp8 estimate (time, density, Jaccard of its mask against the native one).
-Rows: random block masks (diagonal kept) at density 1.0 / 0.5 / 0.3 / 0.15, and the masks the estimate
-picks at tau = 0.9 / 0.95 on structured video-like Q/K (xattn_video.synthetic). "ours" is the package's
-default path (on Hopper the Gluon kernel, ``kernels/block_sparse_attention_gluon.py``); the Triton kernel is
-timed beside it. Every baseline is measured in the same run; times are triton.testing.do_bench medians on fresh
-random (non-zero) inputs.
+Rows: random block masks (diagonal kept) at density 1.0 / 0.5 / 0.3 / 0.15, and the masks the estimate picks at tau
+= 0.9 / 0.95 on structured video-like Q/K (xattn_video.synthetic). "ours" is the package's default path (on Hopper
+the Gluon kernel, ``kernels/block_sparse_attention_gluon.py``); the Triton kernel is timed beside it, and cuDNN
+frontend's block-sparse attention on the same masks where ``nvidia-cudnn-frontend`` >= 1.32 is importable
+(``cudnn_block_sparse.py`` beside this file says how; never a package dependency). Every baseline is measured in
+the same run; times are triton.testing.do_bench medians on fresh random (non-zero) inputs.
 
     python benchmarks/bench_attention.py --out bench_attention.json            # 480p, 544p, 720p
     python benchmarks/bench_attention.py --sizes 480p --quick                  # smoke run
@@ -223,7 +224,7 @@ def attention_kernel(q, k, v, mask) -> str:
     return "triton" if gluon_unavailable_reason(q, k, v, mask) else "gluon"
 
 
-def run_size(name: str, quick: bool, flex_fn, rows: list[dict]) -> None:
+def run_size(name: str, quick: bool, flex_fn, cudnn_bsa, rows: list[dict]) -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     import torch.nn.functional as F
 
@@ -303,11 +304,22 @@ def run_size(name: str, quick: bool, flex_fn, rows: list[dict]) -> None:
                 err_flex = float((flex_fn(qq, kk, vv, block_mask=bm).float() - out.float()).abs().max())
             except Exception as e:  # noqa: BLE001
                 print(f"[{name}] flex failed: {type(e).__name__}: {e}", flush=True)
+        cudnn_bsa_ms, err_cudnn_bsa = float("nan"), float("nan")
+        if cudnn_bsa is not None:  # cuDNN's block-sparse attention on the same mask
+            try:
+                fn = cudnn_bsa(qq, kk, vv, mask)
+                cudnn_bsa_ms = bench(fn, quick)
+                err_cudnn_bsa = float((fn().float() - out.float()).abs().max())
+                del fn
+            except Exception as e:  # noqa: BLE001 - reported, the row goes on
+                print(f"[{name}] cuDNN block-sparse failed: {type(e).__name__}: {e}", flush=True)
         row = dict(
             size=name, n=n, kv_len=kv_n, mask=label, density=dens, ours_ms=ours_ms,
             ours_tflops=flops_dense * dens / ours_ms / 1e9, triton_kernel_tflops=flops_dense * dens / triton_ms / 1e9,
             kernel=attention_kernel(qq, kk, vv, mask), flex_ms=flex_ms,
-            flex_tflops=flops_dense * dens / flex_ms / 1e9, cudnn_dense_ms=dense["cudnn"],
+            flex_tflops=flops_dense * dens / flex_ms / 1e9, cudnn_bsa_ms=cudnn_bsa_ms,
+            cudnn_bsa_tflops=flops_dense * dens / cudnn_bsa_ms / 1e9, max_err_vs_cudnn_bsa=err_cudnn_bsa,
+            cudnn_dense_ms=dense["cudnn"],
             flash_dense_ms=dense["flash"], speedup_vs_cudnn=dense["cudnn"] / ours_ms,
             estimate_scores_ms=scores_ms if tau is not None else float("nan"),
             estimate_select_ms=select_ms, estimate_pct_of_cudnn=100.0 * select_ms / dense["cudnn"],
@@ -317,7 +329,8 @@ def run_size(name: str, quick: bool, flex_fn, rows: list[dict]) -> None:
         print(f"[{name}] {label:18s} dens {dens:.3f} ours ({row['kernel']}) {ours_ms:8.2f} ms "
               f"{row['ours_tflops']:6.0f} TF"
               f" (Triton kernel {row['triton_kernel_tflops']:.0f}) | flex "
-              f"{flex_ms:8.2f} ms {row['flex_tflops']:6.0f} TF | est+sel {select_ms:6.2f} ms | err ref {err_ref:.1e}"
+              f"{flex_ms:8.2f} ms {row['flex_tflops']:6.0f} TF | cuDNN BSA {row['cudnn_bsa_tflops']:6.0f} TF"
+              f" | est+sel {select_ms:6.2f} ms | err ref {err_ref:.1e}"
               f" flex {err_flex:.1e}", flush=True)
         for precision, r in low.items():
             print(f"[{name}] {label:18s} {precision}: {r}", flush=True)
@@ -343,14 +356,15 @@ def low_precision_table(rows: list[dict]) -> str:
 
 def table(rows: list[dict]) -> str:
     head = ("| size | mask | density | ours ms | ours TFLOPS | kernel | Triton kernel TFLOPS | Flex ms | Flex TFLOPS "
-            "| cuDNN dense ms | flash dense ms "
+            "| cuDNN block-sparse TFLOPS | cuDNN dense ms | flash dense ms "
             "| speedup vs cuDNN | est+select ms | est % of cuDNN | max err vs ref | max err vs Flex |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
             f"| {r['size']} | {r['mask']} | {r['density']:.3f} | {r['ours_ms']:.2f} | {r['ours_tflops']:.0f} | "
             f"{r.get('kernel', 'triton')} | {r.get('triton_kernel_tflops', float('nan')):.0f} | "
-            f"{r['flex_ms']:.2f} | {r['flex_tflops']:.0f} | {r['cudnn_dense_ms']:.2f} | {r['flash_dense_ms']:.2f} | "
+            f"{r['flex_ms']:.2f} | {r['flex_tflops']:.0f} | {r.get('cudnn_bsa_tflops', float('nan')):.0f} | "
+            f"{r['cudnn_dense_ms']:.2f} | {r['flash_dense_ms']:.2f} | "
             f"{r['speedup_vs_cudnn']:.2f}x | {r['estimate_select_ms']:.2f} | {r['estimate_pct_of_cudnn']:.1f}% | "
             f"{r['max_err_vs_ref']:.1e} | {r['max_err_vs_flex']:.1e} |")
     return "\n".join(lines)
@@ -362,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer rows and shorter timing")
     ap.add_argument("--out", default=None, help="write the rows (and checks) as JSON here")
     ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
+    ap.add_argument("--no-cudnn-bsa", action="store_true", help="skip cuDNN's block-sparse attention")
     ap.add_argument("--no-check", action="store_true", help="skip the GPU correctness checks")
     ap.add_argument("--check-only", action="store_true", help="only the GPU correctness checks")
     args = ap.parse_args(argv)
@@ -386,8 +401,15 @@ def main(argv: list[str] | None = None) -> int:
             from torch.nn.attention.flex_attention import flex_attention
 
             flex_fn = torch.compile(flex_attention, dynamic=False)
+        cudnn_bsa = None
+        if not args.no_cudnn_bsa:
+            from cudnn_block_sparse import cudnn_block_sparse_unavailable_reason, make_cudnn_block_sparse
+
+            why = cudnn_block_sparse_unavailable_reason()
+            print(f"cuDNN block-sparse attention: {why or 'timed'}", flush=True)
+            cudnn_bsa = None if why else make_cudnn_block_sparse
         for s in sizes:
-            run_size(s, args.quick, flex_fn, rows)
+            run_size(s, args.quick, flex_fn, cudnn_bsa, rows)
             if args.out:  # after every size, so a cut-off run still leaves its rows
                 Path(args.out).write_text(json.dumps(dict(info=info, checks=checks, rows=rows), indent=1))
     info["seconds"] = time.perf_counter() - t_start

@@ -211,3 +211,50 @@ def test_gluon_kernel_experiment_compiles_with_the_overlap():
     for info in infos:
         assert "1" in info["wait_group"] and info["wgmma"] > 0
         assert "0 bytes spill stores" in info["ptxas"] and info["shared_bytes"] <= 232_448  # Hopper's 227 KiB
+
+
+def test_cudnn_block_sparse_row_passes_our_mask_unchanged(monkeypatch):
+    """cudnn_block_sparse.py (bench_attention's cuDNN block-sparse row): without cuDNN a one-line reason; with its
+    API (a stand-in recording the call) our mask goes over as is: the kept ids (padding made a valid id), the counts,
+    blocks of 128, and the valid keys per key block where keys are padded, so cuDNN masks them as we do."""
+    import types
+
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import cudnn_block_sparse as cbs
+    from xattn_video.block_mask import BlockSparseMask
+
+    monkeypatch.setitem(sys.modules, "cudnn", None)  # not installed
+    reason = cbs.cudnn_block_sparse_unavailable_reason()
+    assert reason.startswith("cuDNN frontend BSA not importable") and "\n" not in reason
+
+    calls = []
+
+    def forward(q, k, v, index, num, block_sizes, counts, **kw):
+        calls.append(dict(index=index, num=num, block_sizes=block_sizes, counts=counts, **kw))
+        return {"o_tensor": torch.zeros_like(q)}
+
+    api = types.ModuleType("cudnn.block_sparse_attention.api")
+    api.block_sparse_attention_forward = forward
+    monkeypatch.setitem(sys.modules, "cudnn", types.ModuleType("cudnn"))
+    monkeypatch.setitem(sys.modules, "cudnn.block_sparse_attention", types.ModuleType("cudnn.block_sparse_attention"))
+    monkeypatch.setitem(sys.modules, "cudnn.block_sparse_attention.api", api)
+    n = 300  # 3 blocks, the last one partial; keys past 270 (batch 0) / 140 (batch 1) are padding
+    keep = torch.rand(2, 2, 3, 3, generator=torch.Generator().manual_seed(0)) < 0.5
+    keep[..., 0] = True
+    mask = BlockSparseMask.from_dense(keep, 128, n, torch.tensor([270, 140]))
+    q = torch.randn(2, 2, n, 128)
+    fn = cbs.make_cudnn_block_sparse(q, q, q, mask, warmup=False)
+    assert not calls
+    fn()
+    (call,) = calls
+    assert call["sparse_block_size"] == 128 and call["layout"] == "bhsd" and call["softmax_scale"] == pytest.approx(
+        128 ** -0.5)
+    assert torch.equal(call["counts"], mask.kv_counts.to(torch.int32))
+    kept = torch.arange(mask.kv_indices.shape[-1]) < mask.kv_counts[..., None]
+    assert torch.equal(call["index"][kept], mask.kv_indices.to(torch.int32)[kept]) and (call["index"] >= 0).all()
+    assert call["block_sizes"].tolist() == [[128, 128, 14], [128, 12, 0]]
+    blocks_of_64 = BlockSparseMask.from_dense(torch.ones(2, 2, 5, 5, dtype=torch.bool), 64, n, torch.tensor([n, n]))
+    with pytest.raises(ValueError, match="block_size 128"):
+        cbs.make_cudnn_block_sparse(q, q, q, blocks_of_64, warmup=False)

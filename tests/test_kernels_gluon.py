@@ -31,9 +31,9 @@ def _build_for_sm90(dtype: torch.dtype, first: bool, last: bool) -> dict:
 
     kind = bsg.gl.bfloat16 if dtype == torch.bfloat16 else bsg.gl.float16
     t, f32, i32 = MockTensor(dtype), MockTensor(torch.float32), MockTensor(torch.int32)
-    # pointers, scale, 12 tensor strides, 7 mask strides (s_ik = 1: a constant to Triton), H, N, blocks per program
-    args = (t, t, t, t, f32, i32, i32, i32, i32, 0.1) + (1000, 128, 128) * 4 + (500, 100, 50, 1, 30, 10, 1, 24, 4096,
-                                                                              4)
+    # 11 pointers, scale, 12 tensor strides, 7 mask strides (s_ik = 1: a constant to Triton), H, N, QB, items
+    args = (t, t, t, t, f32, i32, i32, i32, i32, i32, i32, 0.1) + (1000, 128, 128) * 4
+    args += (500, 100, 50, 1, 30, 10, 1) + (24, 4096, 32, 768)
     constants = dict(FIRST=first, LAST=last, Q_LAYOUT=bsg.gl.NVMMASharedLayout.get_default_for([64, 128], kind),
                      KV_LAYOUT=bsg.gl.NVMMASharedLayout.get_default_for([128, 128], kind), num_warps=4, maxnreg=168)
     info = bsg.build_for_sm90(bsg._bsa_fwd_ws, args, constants)
@@ -59,8 +59,9 @@ def test_builds_for_hopper_with_the_overlap(dtype, first, last):
     assert {"0", "1"} <= set(info["waits"])
     assert {240, 24} <= set(info["regs"])
     assert info["shared"] <= 232448 - 1024
-    # a later range reloads the output before its loop: those loads spill more, outside the loop too
-    assert info["spill"] <= (64 if first else 2048)
+    # a work item's scalars (offsets) spill a few words outside the loop; a later range reloads the output
+    # before its loop: those loads spill more, outside the loop too
+    assert info["spill"] <= (128 if first else 2048)
 
 
 def _random_mask(gen, b, h, n, n_k, bs, density, kv_len, empty_rows=False):
@@ -109,16 +110,34 @@ def test_unavailable_reasons_name_the_call():
         bsg.block_sparse_attention_gluon(q, q, q, mask, precision="fp8")
 
 
+def test_work_order_runs_heads_in_turn_longest_rows_first():
+    """work_order: every row once, head after head (batch-major), and within a head by kept count, largest first
+    (ties in row order); a mask shared by heads gives each head the same order."""
+    gen = torch.Generator().manual_seed(0)
+    count = torch.randint(0, 5, (2, 1, 7), generator=gen)
+    order = bsg.work_order(count, 3).long()
+    assert bsg.work_order(count, 3).dtype == torch.int32 and sorted(order.tolist()) == list(range(2 * 3 * 7))
+    bh, blk = order // 7, order % 7
+    assert (bh == torch.arange(6).repeat_interleave(7)).all()
+    for i in range(6):
+        rows = blk[bh == i]
+        kept = count[i // 3, 0, rows]
+        assert (kept[:-1] >= kept[1:]).all()
+        ties = kept[:-1] == kept[1:]
+        assert (rows[:-1][ties] < rows[1:][ties]).all()
+
+
 def test_default_key_splits_keep_a_range_in_the_l2(monkeypatch):
-    """One range up to 30 MiB of keys + values per head (an H200's 60 MiB L2), two at 544p and 720p (bf16)."""
+    """One range up to 36 MiB of keys + values per head (an H200's 60 MiB L2): one at 544p, two at 720p (bf16)."""
     class Props:
         L2_cache_size = 60 * 2**20
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: Props())
     kv = lambda n: torch.empty(1, 24, n, 128, dtype=torch.bfloat16, device="meta")  # noqa: E731
     assert bsg.default_key_splits(kv(32_760)) == 1
-    assert bsg.default_key_splits(kv(67_576)) == 2
+    assert bsg.default_key_splits(kv(67_576)) == 1
     assert bsg.default_key_splits(kv(119_056)) == 2
     assert bsg.default_key_splits(kv(300_000)) == 5
+    assert bsg.default_key_splits(kv(75_000)) == 2
 
 
 # ---- on a Hopper GPU ----
@@ -147,13 +166,13 @@ def _inputs(case, dtype, seed):
 @needs_hopper
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("splits,blocks", [(None, 1), (1, 1), (2, 3), (3, 2), (1, 4)])
-def test_matches_reference_on_hopper(dtype, case, splits, blocks):
+@pytest.mark.parametrize("splits,programs", [(None, None), (1, 1), (2, 3), (3, 2), (1, 5)])
+def test_matches_reference_on_hopper(dtype, case, splits, programs):
     """Fresh random inputs: odd lengths, padded keys, rows that keep nothing, masks shared by heads, diffusers'
-    layout, several key ranges (each continuing the previous range's softmax), several query blocks a program
-    (the last program's group cut short)."""
-    q, k, v, mask = _inputs(case, dtype, seed=100 * CASES.index(case) + 10 * (splits or 0) + blocks)
-    out = bsg.block_sparse_attention_gluon(q, k, v, mask, key_splits=splits, blocks_per_program=blocks)
+    layout, several key ranges (each continuing the previous range's softmax), persistent programs running
+    several rows of different batches and heads in turn (one program: all rows)."""
+    q, k, v, mask = _inputs(case, dtype, seed=100 * CASES.index(case) + 10 * (splits or 0) + (programs or 0))
+    out = bsg.block_sparse_attention_gluon(q, k, v, mask, key_splits=splits, programs=programs)
     ref = block_sparse_attention_reference(q.float(), k.float(), v.float(), mask)
     tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
     torch.testing.assert_close(out.float(), ref, atol=tol, rtol=tol)
@@ -169,8 +188,8 @@ def test_padded_keys_are_never_read_and_empty_logits_give_zeros():
     q[0, 0, 5] = float("nan")
     k[0, 1] = k[0, 1].abs() + 0.1
     q[0, 1, 9, 0] = float("-inf")
-    for splits, blocks in ((1, 1), (2, 2)):
-        out = bsg.block_sparse_attention_gluon(q, k, v, mask, key_splits=splits, blocks_per_program=blocks)
+    for splits, programs in ((1, None), (2, 2)):
+        out = bsg.block_sparse_attention_gluon(q, k, v, mask, key_splits=splits, programs=programs)
         ref = block_sparse_attention_reference(q.float(), k.float(), v.float(), mask)
         torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2, equal_nan=True)
         assert torch.isnan(out[0, 0, 5]).all() and not torch.isnan(out[1]).any()

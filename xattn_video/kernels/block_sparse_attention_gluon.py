@@ -7,6 +7,11 @@ warpgroups own 64 query rows each, and every consumer issues ``Q.K^T`` of tile j
 asynchronously, waits for the first only and runs tile j's softmax while ``P.V`` runs; the two consumers take
 turns issuing their products (ping-pong), so one's softmax also overlaps the other's products.
 
+Each launch runs one persistent program per multiprocessor: its producer takes the next query block from a
+counter over ``work_order`` (head after head, longest rows first) and loads its rows while the consumers finish
+the last block, so the programs running at once share one head's keys and values in the L2, a block's start
+costs no launch, and the launch ends on its shortest rows.
+
 Long sequences run the kept blocks in ``key_splits`` launches by key range (each launch continues the online
 softmax of the one before from the output and the row statistics it left): one range of every head's keys and
 values then stays in the L2 while all multiprocessors read it (720p bf16: 61 MB of keys and values per head).
@@ -47,46 +52,85 @@ BLOCK = 128  # mask block = key tile = query rows per program (two warpgroups of
 HEAD_DIM = 128
 STAGES = 3  # key / value ring slots: 3 x 64 KB plus the 32 KB query tile fill the 227 KB of shared memory
 DTYPES = (torch.bfloat16, torch.float16)
-L2_SHARE = 0.5  # a key range's keys + values fit half the L2 (2 ranges at 544p and 720p helped, RESULTS.md)
+L2_SHARE = 0.6  # a key range's keys + values fit 60% of the L2 (RESULTS.md: 1 range at 544p, 2 at 720p)
 
 if GLUON_IMPORT_ERROR is None:
     _BLOCK, _HEAD_DIM, _STAGES = gl.constexpr(BLOCK), gl.constexpr(HEAD_DIM), gl.constexpr(STAGES)
     # the bulk-copy load's name: Triton 3.6's; 3.8 adds async_load, 3.9 keeps only that one
     _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+    _sync_warps = getattr(gl, "barrier", None) or gl.thread_barrier  # 3.6's name; 3.8 renames it
 
     @gluon.jit
-    def _producer(Q, K, V, q_smem, k_smem, v_smem, q_bar, q_free, ready, empty, idx_bh, s_iq, s_ik, start_bh, cnt_bh,
-                  s_rq, blk0, n_items, q_off, k_off, v_off, n_q, kv_len, s_qn, s_kn, s_vn):
-        """One warp: for each of the program's query blocks, its rows (once both consumers are done with the
-        previous block's), then each kept tile's keys and values into the ring, a slot as soon as both consumers
-        have released it; the next block's loads overlap the last tiles and the stores of this one. The
-        descriptors span [kv_len, D] of one (batch, head): rows past kv_len arrive as zeros, so padded keys are
-        never read. (A partition takes no constexpr arguments in Triton 3.6: constants come from buffer shapes.)"""
+    def _work_item(ORDER, it, QB, H, START, CNT, s_rb, s_rh, s_rq):
+        """Work item ``it`` of the launch's order: (batch, head, query block, first kept entry of this key range,
+        its count); batch and head as int64 for the offsets."""
+        item = gl.load(ORDER + it)
+        bh = item // QB
+        blk = item % QB
+        b = (bh // H).to(gl.int64)
+        h = (bh % H).to(gl.int64)
+        start = gl.load(START + b * s_rb + h * s_rh + blk * s_rq)
+        cnt = gl.load(CNT + b * s_rb + h * s_rh + blk * s_rq)
+        return b, h, blk, start, cnt
+
+    @gluon.jit
+    def _producer(Q, K, V, q_smem, k_smem, v_smem, q_bar, q_free, ready, empty, id_bar, item_smem, COUNTER, ORDER,
+                  n_items, QB, H, START, CNT, s_rb, s_rh, s_rq, IDX, s_ib, s_ih, s_iq, s_ik, KVLEN, n_q, s_qb, s_qh,
+                  s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn):
+        """One warp: takes the launch's next work item (an atomic counter: the programs running at once work on
+        neighbouring items, whose keys and values the L2 holds), hands its number and its query rows to the
+        consumers once both are done with the previous item's rows, then loads each kept tile's keys and values
+        into the ring, a slot as soon as both consumers have released it; so the next item's loads overlap the
+        last tiles and the stores of this one. Past the last item it hands them its number, which ends them.
+        The descriptors span [kv_len, D] of one (batch, head): rows past kv_len arrive as zeros, so padded keys
+        are never read. (A partition takes no constexpr arguments in Triton 3.6: constants come from buffer
+        shapes.)"""
         STAGES_: gl.constexpr = k_smem.shape[0]
         BN: gl.constexpr = k_smem.shape[1]
         D: gl.constexpr = k_smem.shape[2]
         HALF: gl.constexpr = q_smem.shape[1]
-        q_desc = tma.make_tensor_descriptor(Q + q_off, [n_q, D], [s_qn, 1], [HALF, D], q_smem.layout)
-        k_desc = tma.make_tensor_descriptor(K + k_off, [kv_len, D], [s_kn, 1], [BN, D], k_smem.layout)
-        v_desc = tma.make_tensor_descriptor(V + v_off, [kv_len, D], [s_vn, 1], [BN, D], v_smem.layout)
+        id_layout: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
         t_all = 0  # tiles loaded so far: the ring position and its phase
-        for r in range(n_items):
-            blk = blk0 + r
-            start = gl.load(start_bh + blk * s_rq)
-            cnt = gl.load(cnt_bh + blk * s_rq)
-            mbarrier.wait(q_free.index(0), (r & 1) ^ 1)  # a fresh barrier passes phase 1 at once
+        r = 0  # items so far
+        it = gl.atomic_add(COUNTER, 1)
+        while it < n_items:
+            b, h, blk, start, cnt = _work_item(ORDER, it, QB, H, START, CNT, s_rb, s_rh, s_rq)
+            kv_len = gl.load(KVLEN + b)
+            # the descriptors below rewrite the previous item's: its last loads (rows, last tile) must have landed
+            # (parity 1 of a fresh barrier passes at once)
+            mbarrier.wait(q_bar.index(0), (r & 1) ^ 1)
+            mbarrier.wait(ready.index((t_all + STAGES_ - 1) % STAGES_), (((t_all + STAGES_ - 1) // STAGES_) & 1) ^ 1)
+            q_desc = tma.make_tensor_descriptor(Q + b * s_qb + h * s_qh, [n_q, D], [s_qn, 1], [HALF, D],
+                                                q_smem.layout)
+            k_desc = tma.make_tensor_descriptor(K + b * s_kb + h * s_kh, [kv_len, D], [s_kn, 1], [BN, D],
+                                                k_smem.layout)
+            v_desc = tma.make_tensor_descriptor(V + b * s_vb + h * s_vh, [kv_len, D], [s_vn, 1], [BN, D],
+                                                v_smem.layout)
+            mbarrier.wait(q_free.index(0), (r & 1) ^ 1)
+            # once both consumers are done with the last item's rows (they have read its number): this one's
+            # number (slot r & 1, read after id_bar's phase r), then its rows
+            item_smem.index(r & 1).store(gl.full([1], it, gl.int32, id_layout))
+            _sync_warps()
+            mbarrier.arrive(id_bar.index(0))
             mbarrier.expect(q_bar.index(0), 2 * q_desc.block_type.nbytes)
             _tma_load(q_desc, [blk * 2 * HALF, 0], q_bar.index(0), q_smem.index(0))
             _tma_load(q_desc, [blk * 2 * HALF + HALF, 0], q_bar.index(0), q_smem.index(1))
+            idx_row = IDX + b * s_ib + h * s_ih + blk * s_iq + start * s_ik
             for t in range(cnt):
                 slot = (t_all + t) % STAGES_
                 mbarrier.wait(empty.index(slot), (((t_all + t) // STAGES_) & 1) ^ 1)
-                kb = gl.load(idx_bh + blk * s_iq + (start + t) * s_ik)
+                kb = gl.load(idx_row + t * s_ik)
                 bar = ready.index(slot)
                 mbarrier.expect(bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
                 _tma_load(k_desc, [kb * BN, 0], bar, k_smem.index(slot))
                 _tma_load(v_desc, [kb * BN, 0], bar, v_smem.index(slot))
             t_all += cnt
+            r += 1
+            it = gl.atomic_add(COUNTER, 1)
+        mbarrier.wait(q_free.index(0), (r & 1) ^ 1)
+        item_smem.index(r & 1).store(gl.full([1], it, gl.int32, id_layout))
+        _sync_warps()
+        mbarrier.arrive(id_bar.index(0))
 
     @gluon.jit
     def _online_softmax(s, m_i, l_i, scale, kb, kv_len, BN: gl.constexpr, s_layout: gl.constexpr):
@@ -115,13 +159,14 @@ if GLUON_IMPORT_ERROR is None:
         return gl.expand_dims(rows < n_q, 1)
 
     @gluon.jit
-    def _consumer(q_smem, k_smem, v_smem, q_bar, q_free, ready, empty, turn, O, STATS, idx_bh, s_iq, s_ik, start_bh,
-                  cnt_bh, s_rq, blk0, n_items, kv_len, qk_scale, o_off, s_on, stats_off, n_q, first, last, wg):
-        """Warpgroup wg (0 or 1): its 64 rows of each of the program's query blocks over this launch's kept
-        tiles. Round j issues Q.K^T of tile j and P.V of tile j-1 after the other warpgroup issued its own
-        previous round (warpgroup 0 goes first), waits for the logits only, and runs the softmax while P.V
-        runs. ``first``: fresh state, else the previous key range's (output times row sum, row max, row sum);
-        ``last``: no statistics to leave."""
+    def _consumer(q_smem, k_smem, v_smem, q_bar, q_free, ready, empty, turn, id_bar, item_smem, ORDER, n_items, QB,
+                  H, START, CNT, s_rb, s_rh, s_rq, IDX, s_ib, s_ih, s_iq, s_ik, KVLEN, n_q, O, STATS, s_ob, s_oh,
+                  s_on, qk_scale, first, last, wg):
+        """Warpgroup wg (0 or 1): its 64 rows of each work item the producer hands it (its number in ``item_smem``; a
+        number past the last item ends the loop), over this launch's kept tiles. Round j issues Q.K^T of tile j and P.V
+        of tile j-1 after the other warpgroup issued its own previous round (warpgroup 0 goes first), waits for the
+        logits only, and runs the softmax while P.V runs. ``first``: fresh state, else the previous key range's (output
+        times row sum, row max, row sum); ``last``: no statistics to leave."""
         STAGES_: gl.constexpr = k_smem.shape[0]
         BN: gl.constexpr = k_smem.shape[1]
         D: gl.constexpr = k_smem.shape[2]
@@ -133,17 +178,22 @@ if GLUON_IMPORT_ERROR is None:
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
         row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
         row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+        row_1d: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
         dtype: gl.constexpr = q_smem.dtype
         q = q_smem.index(wg)
         zero_s = gl.zeros([HALF, BN], gl.float32, s_layout)
         t_all = 0  # tiles consumed so far (the ring's position and phase)
         rnd = 0  # rounds issued so far (the turn barriers' phase)
-        for r in range(n_items):
-            blk = blk0 + r
-            start = gl.load(start_bh + blk * s_rq)
-            cnt = gl.load(cnt_bh + blk * s_rq)
+        r = 0  # items so far (the query barrier's phase)
+        mbarrier.wait(id_bar.index(0), 0)
+        it = gl.max(item_smem.index(0).load(row_1d), axis=0)
+        while it < n_items:
+            b, h, blk, start, cnt = _work_item(ORDER, it, QB, H, START, CNT, s_rb, s_rh, s_rq)
+            kv_len = gl.load(KVLEN + b)
+            o_off = b * s_ob + h * s_oh
+            stats_off = (b * H + h) * 2 * n_q
             row0 = blk * 2 * HALF + wg * HALF
-            idx_row = idx_bh + blk * s_iq + start * s_ik
+            idx_row = IDX + b * s_ib + h * s_ih + blk * s_iq + start * s_ik
             rows_s = row0 + gl.arange(0, HALF, layout=row_s)
             if first != 0:
                 m_i = gl.full([HALF], float("-inf"), gl.float32, row_s)
@@ -155,7 +205,7 @@ if GLUON_IMPORT_ERROR is None:
                 acc = gl.load(_out_ptrs(O, o_off, s_on, row0, HALF, D, o_layout),
                               mask=_out_mask(row0, n_q, HALF, o_layout), other=0.0).to(gl.float32)
                 acc = acc * gl.expand_dims(gl.convert_layout(l_i, row_o), 1)
-            mbarrier.wait(q_bar.index(0), r & 1)
+            mbarrier.wait(q_bar.index(0), r & 1)  # after the loads above: they overlap the rows' arrival
             if cnt > 0:
                 mbarrier.wait(ready.index(t_all % STAGES_), (t_all // STAGES_) & 1)
                 mbarrier.wait(turn.index(wg), (rnd + 1 + wg) & 1)
@@ -191,40 +241,34 @@ if GLUON_IMPORT_ERROR is None:
                 mbarrier.arrive(q_free.index(0))
             t_all += cnt
             rnd += cnt
+            r += 1
             # a later range with nothing kept leaves the row as it is; a row with no kept key outputs zeros, a
             # NaN sum divides. (Masks, not branches: a branch nested in one fails to build in Triton 3.6.)
             keep = (first != 0) | (cnt > 0)
             # pointers made here, not before the loop: 64 live 64-bit addresses would spill its registers
             o_mask = _out_mask(row0, n_q, HALF, o_layout)
-            l_o = gl.convert_layout(l_i, row_o)
+            # one reciprocal a row, not a division an element (a precise fp32 division is a dozen instructions)
+            inv_l = gl.convert_layout(gl.where(l_i == 0.0, 1.0, 1.0 / l_i), row_o)
             gl.store(_out_ptrs(O, o_off, s_on, row0, HALF, D, o_layout),
-                     (acc / gl.expand_dims(gl.where(l_o == 0.0, 1.0, l_o), 1)).to(O.dtype.element_ty),
-                     mask=o_mask & keep)
-            # the row statistics for the next range, from column 0 of the output's layout (a 1-d store of the
-            # row-slice layout fails to build too)
-            rows = row0 + gl.arange(0, HALF, layout=row_o)
-            cols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
-            st_ptrs = STATS + stats_off + gl.expand_dims(rows, 1) + gl.expand_dims(cols * 0, 0)
-            st_mask = o_mask & gl.expand_dims(cols == 0, 0) & keep & (last == 0)
-            zero_o = gl.zeros([HALF, D], gl.float32, o_layout)
-            gl.store(st_ptrs, zero_o + gl.expand_dims(gl.convert_layout(m_i, row_o), 1), mask=st_mask)
-            gl.store(st_ptrs + n_q, zero_o + gl.expand_dims(l_o, 1), mask=st_mask)
+                     (acc * gl.expand_dims(inv_l, 1)).to(O.dtype.element_ty), mask=o_mask & keep)
+            # the row statistics for the next range, in a plain 1-d layout (a store of the row-slice layout fails
+            # to build, and one from the output's layout issues a store per element)
+            rows = row0 + gl.arange(0, HALF, layout=row_1d)
+            st_mask = (rows < n_q) & keep & (last == 0)
+            gl.store(STATS + stats_off + rows, gl.convert_layout(m_i, row_1d), mask=st_mask)
+            gl.store(STATS + stats_off + n_q + rows, gl.convert_layout(l_i, row_1d), mask=st_mask)
+            mbarrier.wait(id_bar.index(0), r & 1)  # the next item, or the end
+            it = gl.max(item_smem.index(r & 1).load(row_1d), axis=0)
 
     @gluon.jit
-    def _bsa_fwd_ws(Q, K, V, O, STATS, IDX, START, CNT, KVLEN, qk_scale,
+    def _bsa_fwd_ws(Q, K, V, O, STATS, IDX, START, CNT, KVLEN, ORDER, COUNTER, qk_scale,
                     s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_on,
-                    s_ib, s_ih, s_iq, s_ik, s_rb, s_rh, s_rq, H, N_Q, ITEMS,
+                    s_ib, s_ih, s_iq, s_ik, s_rb, s_rh, s_rq, H, N_Q, QB, N_ITEMS,
                     FIRST: gl.constexpr, LAST: gl.constexpr, Q_LAYOUT: gl.constexpr, KV_LAYOUT: gl.constexpr,
                     num_warps: gl.constexpr):
-        """One program: ITEMS consecutive query blocks (128 rows each) of one (batch, head), each over the kept
-        blocks of this launch's key range (``IDX[start:start + cnt]`` of its row; START / CNT per row)."""
-        pid_m = gl.program_id(0)
-        bh = gl.program_id(1)
-        b = (bh // H).to(gl.int64)
-        h = (bh % H).to(gl.int64)
-        kv_len = gl.load(KVLEN + b)
-        blk0 = pid_m * ITEMS
-        n_items = gl.minimum(ITEMS, (N_Q + _BLOCK - 1) // _BLOCK - blk0)
+        """A persistent program: work items ``ORDER[i]`` (item = (batch * H + head) * QB + query block) for the
+        i it takes from COUNTER (zero before the launch), each a query block's 128 rows over the kept blocks of
+        this launch's key range (``IDX[start:start + cnt]`` of its row; START / CNT per row)."""
         dtype: gl.constexpr = Q.dtype.element_ty
         q_smem = gl.allocate_shared_memory(dtype, [2, _BLOCK // 2, _HEAD_DIM], Q_LAYOUT)
         k_smem = gl.allocate_shared_memory(dtype, [_STAGES, _BLOCK, _HEAD_DIM], KV_LAYOUT)
@@ -234,28 +278,29 @@ if GLUON_IMPORT_ERROR is None:
         q_bar = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
         q_free = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
         turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        id_bar = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
+        item_smem = gl.allocate_shared_memory(gl.int32, [2, 1], gl.SwizzledSharedLayout(1, 1, 1, order=[0]))
         for i in gl.static_range(_STAGES):
             mbarrier.init(ready.index(i), count=1)
             mbarrier.init(empty.index(i), count=2)  # one arrival per consumer
         mbarrier.init(q_bar.index(0), count=1)
         mbarrier.init(q_free.index(0), count=2)
+        mbarrier.init(id_bar.index(0), count=1)
         mbarrier.init(turn.index(0), count=1)
         mbarrier.init(turn.index(1), count=1)
-        idx_bh = IDX + b * s_ib + h * s_ih
-        start_bh = START + b * s_rb + h * s_rh
-        cnt_bh = CNT + b * s_rb + h * s_rh
         # partitions take tensors only: Triton makes an int argument equal to 1 a constant, hence to_tensor
-        s_iq, s_ik, s_rq, n_q = gl.to_tensor(s_iq), gl.to_tensor(s_ik), gl.to_tensor(s_rq), gl.to_tensor(N_Q)
-        rows = (idx_bh, s_iq, s_ik, start_bh, cnt_bh, s_rq, blk0, n_items)
-        consumer = (q_smem, k_smem, v_smem, q_bar, q_free, ready, empty, turn, O, STATS) + rows + (
-            kv_len, qk_scale, b * s_ob + h * s_oh, gl.to_tensor(s_on), bh.to(gl.int64) * 2 * n_q, n_q,
-            (pid_m * 0 + FIRST), (pid_m * 0 + LAST))
-        gl.warp_specialize([(_consumer, consumer + (gl.to_tensor(0),)),
-                            (_consumer, consumer + (gl.to_tensor(1),)),
-                            (_producer, (Q, K, V, q_smem, k_smem, v_smem, q_bar, q_free, ready, empty) + rows + (
-                                b * s_qb + h * s_qh, b * s_kb + h * s_kh, b * s_vb + h * s_vh, n_q, kv_len,
-                                gl.to_tensor(s_qn), gl.to_tensor(s_kn), gl.to_tensor(s_vn)))],
-                           [4, 1], [240, 24])
+        items = (ORDER, gl.to_tensor(N_ITEMS), gl.to_tensor(QB), gl.to_tensor(H), START, CNT, gl.to_tensor(s_rb),
+                 gl.to_tensor(s_rh), gl.to_tensor(s_rq), IDX, gl.to_tensor(s_ib), gl.to_tensor(s_ih),
+                 gl.to_tensor(s_iq), gl.to_tensor(s_ik), KVLEN, gl.to_tensor(N_Q))
+        consumer = (q_smem, k_smem, v_smem, q_bar, q_free, ready, empty, turn, id_bar, item_smem) + items + (
+            O, STATS, gl.to_tensor(s_ob), gl.to_tensor(s_oh), gl.to_tensor(s_on), qk_scale,
+            gl.program_id(0) * 0 + FIRST, gl.program_id(0) * 0 + LAST)
+        producer = (Q, K, V, q_smem, k_smem, v_smem, q_bar, q_free, ready, empty, id_bar, item_smem, COUNTER) + items
+        producer += (
+            gl.to_tensor(s_qb), gl.to_tensor(s_qh), gl.to_tensor(s_qn), gl.to_tensor(s_kb), gl.to_tensor(s_kh),
+            gl.to_tensor(s_kn), gl.to_tensor(s_vb), gl.to_tensor(s_vh), gl.to_tensor(s_vn))
+        gl.warp_specialize([(_consumer, consumer + (gl.to_tensor(0),)), (_consumer, consumer + (gl.to_tensor(1),)),
+                            (_producer, producer)], [4, 1], [240, 24])
 
 
 def build_for_sm90(fn, args: tuple, constants: dict) -> dict:
@@ -344,18 +389,33 @@ def split_rows(idx: torch.Tensor, cnt: torch.Tensor, n_kb: int, key_splits: int)
     return [(below[r].contiguous(), (below[r + 1] - below[r]).contiguous()) for r in range(key_splits)]
 
 
+def work_order(count: torch.Tensor, heads: int) -> torch.Tensor:
+    """The launch's work items, int32 ``[B * heads * QB]`` (item = (batch * heads + head) * QB + query block):
+    head after head, so that the programs running at once read one head's keys and values (the L2 holds them),
+    and within a head the rows with the most kept blocks first, so that the launch ends on its shortest rows.
+    ``count``: kept blocks per row ``[B, 1 or heads, QB]``.
+
+    Example::
+
+        work_order(torch.tensor([[[1, 3, 2]]]), 1)   # tensor([1, 2, 0])
+    """
+    b, _, qb = count.shape
+    rows = torch.argsort(count.expand(b, heads, qb).reshape(b * heads, qb), dim=1, descending=True, stable=True)
+    return (rows + qb * torch.arange(b * heads, device=count.device)[:, None]).reshape(-1).to(torch.int32)
+
+
 def block_sparse_attention_gluon(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockSparseMask, scale: float | None = None,
-    precision: str = "native", *, key_splits: int | None = None, blocks_per_program: int = 1,
+    precision: str = "native", *, key_splits: int | None = None, programs: int | None = None,
 ) -> torch.Tensor:
     """Attention of each query block over its kept key blocks (keys past ``mask.kv_len`` excluded), on Hopper.
 
     Same contract as ``block_sparse_attention_triton`` (q ``[B, H, N, 128]``, k / v ``[B, H, N_k, 128]``, any
     strides with unit stride on D; returns ``[B, H, N, 128]`` in q's dtype); raises ``ValueError`` naming the
     reason where ``gluon_unavailable_reason`` gives one. Benchmarks may set ``key_splits`` (key ranges per call,
-    default ``default_key_splits(k)``) and ``blocks_per_program`` (query blocks one program runs in turn, its
-    producer loading the next block's rows and tiles while the consumers finish the last: 4 cut a nearly empty
-    mask's time by 30% on the H200; at densities 0.15-0.3 one block a program was as fast or faster).
+    default ``default_key_splits(k)``) and ``programs`` (persistent programs, default one per multiprocessor;
+    they take the rows of ``work_order`` in turn from a counter, each producer loading its next row while its
+    consumers finish the last).
     """
     reason = gluon_unavailable_reason(q, k, v, mask, precision)
     if reason:
@@ -371,8 +431,8 @@ def block_sparse_attention_gluon(
     splits = default_key_splits(k) if key_splits is None else key_splits
     if splits < 1:
         raise ValueError(f"key_splits={key_splits} is not supported; accepted: >= 1")
-    if blocks_per_program < 1:
-        raise ValueError(f"blocks_per_program={blocks_per_program} is not supported; accepted: >= 1")
+    if programs is not None and programs < 1:
+        raise ValueError(f"programs={programs} is not supported; accepted: >= 1")
     kv_len = mask.kv_len.to(device=q.device, dtype=torch.int32).clamp(max=n_k).contiguous()
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     out = torch.empty((b, h, n, d), dtype=q.dtype, device=q.device)
@@ -385,13 +445,17 @@ def block_sparse_attention_gluon(
     layouts = {"Q_LAYOUT": gl.NVMMASharedLayout.get_default_for([BLOCK // 2, HEAD_DIM], kind),
                "KV_LAYOUT": gl.NVMMASharedLayout.get_default_for([BLOCK, HEAD_DIM], kind)}
     ranges = split_rows(idx, mask.kv_counts.to(q.device), ceil_div(n_k, BLOCK), splits)  # no device sync
+    qb = ceil_div(n, BLOCK)
+    n_items = b * h * qb
+    grid = (min(n_items, programs or torch.cuda.get_device_properties(q.device).multi_processor_count),)
+    counters = torch.zeros(splits, dtype=torch.int32, device=q.device)  # each launch's next work item
     for r, (start, count) in enumerate(ranges):
         s_rh = start.stride(1) if start.shape[1] > 1 else 0
-        _bsa_fwd_ws[(ceil_div(ceil_div(n, BLOCK), blocks_per_program), b * h)](
-            q, k, v, out, stats, idx, start, count, kv_len, scale * LOG2E,
+        _bsa_fwd_ws[grid](
+            q, k, v, out, stats, idx, start, count, kv_len, work_order(count, h), counters[r:], scale * LOG2E,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-            idx.stride(0), s_ih, idx.stride(2), idx.stride(3), start.stride(0), s_rh, start.stride(2), h, n,
-            blocks_per_program,
+            idx.stride(0), s_ih, idx.stride(2), idx.stride(3), start.stride(0), s_rh, start.stride(2), h, n, qb,
+            n_items,
             FIRST=r == 0, LAST=r == splits - 1, **layouts, num_warps=4, maxnreg=168)
     return out
