@@ -2,7 +2,7 @@
 package.
 
 Plain Triton waits for each tensor-core product before its first use (RESULTS.md: a software-pipelined
-`tl.dot` loop gained nothing). Gluon (Triton's lower-level dialect, >= 3.6) lets a kernel place the wait. Two
+`tl.dot` loop gained nothing). Gluon (Triton's lower-level dialect, >= 3.6) lets a kernel place the wait. Three
 variants, checked against the Triton kernel and timed beside it:
 
 - "overlap" (here): one partition of 8 warps over 128 query rows; each iteration issues Q.K^T of tile j and P.V
@@ -12,13 +12,17 @@ variants, checked against the Triton kernel and timed beside it:
   ``no_softmax=True`` (timing only) it leaves the softmax out, as the ablation of call 2 did.
 - "ws": the package's kernel (``xattn_video/kernels/block_sparse_attention_gluon.py``: FA3's warp
   specialisation with a producer warp and two ping-pong consumer warpgroups), bf16.
+- "poly": "overlap" with every other column's exponential computed as a degree-2 polynomial on the FMA units
+  (``_exp2_poly``) instead of the multi-function unit, whose 16 exp2 a cycle bound the fp8 softmax (issue 14
+  item 3). Built on the CPU (half the ``ex2``, no spills, no shared-memory traffic); not yet run on a GPU.
 
-Gluon kernels do not run under the CPU interpreter: ``--compile-only`` builds the "overlap" kernel for sm_90a on
-a CPU and reports its wgmma waits and registers.
+Gluon kernels do not run under the CPU interpreter: ``--compile-only`` builds the "overlap" kernel (with and
+without "poly") for sm_90a on a CPU and reports its wgmma waits, exp2 count and registers.
 
     python benchmarks/gluon_bsa.py --compile-only             # CPU (no GPU): bf16 and fp8
     python benchmarks/gluon_bsa.py --cases small --out $OUT/gluon_small.json    # GPU: a first, small check
     python benchmarks/gluon_bsa.py --cases 720p,544p --variants ws:3,overlap:3 --out $OUT/gluon.json
+    python benchmarks/gluon_bsa.py --cases small,720p --precisions fp8 --variants overlap:3,poly:3   # item 3
 """
 
 from __future__ import annotations
@@ -97,9 +101,37 @@ def _masked(s, kb, kv_len, BN: gl.constexpr, s_layout: gl.constexpr):
 
 
 @gluon.jit
+def _exp2_poly(x):
+    """2^x on the FMA units, not the multi-function unit: x = n + f (n rounded by adding 1.5 * 2^23, f in
+    [-0.5, 0.5]), 2^f by a degree-2 polynomial (max relative error 1.7e-3, far below e4m3's 6%; coefficients a
+    relative-error minimax fit), n added to its exponent bits (1.5 * 2^23's own bits vanish in the shift).
+    x is clamped at -125 so that the result stays a normal float; -inf gives ~2e-38, zero in e4m3."""
+    x = gl.maximum(x, -125.0)
+    t = x + 12582912.0
+    f = x - (t - 12582912.0)
+    p = 1.0004431503620639 + f * (0.7034480804030778 + f * 0.23842891953970397)
+    return (p.to(gl.int32, bitcast=True) + (t.to(gl.int32, bitcast=True) << 23)).to(gl.float32, bitcast=True)
+
+
+@gluon.jit
+def _exp2_weights(x, POLY: gl.constexpr):
+    """2^x of a tile of logits; with POLY, every other column's on the FMA units (the fp8 softmax is bound by the
+    multi-function unit's 16 exp2 a cycle: RESULTS.md, issue 14 item 3)."""
+    if POLY:
+        rows: gl.constexpr = x.shape[0]
+        cols: gl.constexpr = x.shape[1]
+        even, odd = x.reshape([rows, cols // 2, 2]).split()
+        # the join's layout holds the same elements in each thread, in another register order: no data moves
+        return gl.convert_layout(gl.join(gl.exp2(even), _exp2_poly(odd)).reshape([rows, cols]), x.type.layout)
+    else:
+        return gl.exp2(x)
+
+
+@gluon.jit
 def _bsa_fwd_gluon(q_desc, k_desc, v_desc, O, IDX, CNT, KVLEN, SQ, SK, SV, qk_scale, N, N_PAD, n_qb, max_kb, H,
                    BM: gl.constexpr, BN: gl.constexpr, D: gl.constexpr, STAGES: gl.constexpr,
-                   FP8: gl.constexpr, Q_GROUP: gl.constexpr, NO_SOFTMAX: gl.constexpr, num_warps: gl.constexpr):
+                   FP8: gl.constexpr, Q_GROUP: gl.constexpr, NO_SOFTMAX: gl.constexpr, POLY: gl.constexpr,
+                   num_warps: gl.constexpr):
     pid_m = gl.program_id(0)
     bh = gl.program_id(1)
     b = bh // H
@@ -149,7 +181,7 @@ def _bsa_fwd_gluon(q_desc, k_desc, v_desc, O, IDX, CNT, KVLEN, SQ, SK, SV, qk_sc
     s = _masked(s, kb, kv_len, BN, s_layout)
     s = _scaled(s, _tile_scale(qk_scale, SK, k_base, kb, FP8), FP8)
     m_i = gl.max(s, axis=1)
-    p = gl.exp2(s - gl.expand_dims(m_i - P_SHIFT, 1))
+    p = _exp2_weights(s - gl.expand_dims(m_i - P_SHIFT, 1), POLY)
     l_i = gl.sum(p, axis=1)
     acc = gl.zeros([BM, D], gl.float32, o_layout)
 
@@ -170,7 +202,7 @@ def _bsa_fwd_gluon(q_desc, k_desc, v_desc, O, IDX, CNT, KVLEN, SQ, SK, SV, qk_sc
             s = _scaled(s, _tile_scale(qk_scale, SK, k_base, kb, FP8), FP8)
             m_new = gl.maximum(m_i, gl.max(s, axis=1))
             alpha = gl.exp2(m_i - m_new)
-            p = gl.exp2(s - gl.expand_dims(m_new - P_SHIFT, 1))
+            p = _exp2_weights(s - gl.expand_dims(m_new - P_SHIFT, 1), POLY)
             l_i = l_i * alpha + gl.sum(p, axis=1)
             m_i = m_new
             acc = warpgroup_mma_wait(0, deps=[acc_tok])
@@ -204,7 +236,9 @@ def _layout(block: list[int], dtype) -> gl.NVMMASharedLayout:
     return gl.NVMMASharedLayout.get_default_for(block, dtype)
 
 
-VARIANTS = ("ws", "overlap")  # the package's warp-specialized kernel (bf16 only); one partition of 8 warps
+# the package's warp-specialized kernel (bf16 only); one partition of 8 warps; the same with half the softmax's
+# exponentials as a polynomial on the FMA units
+VARIANTS = ("ws", "overlap", "poly")
 
 
 def gluon_block_sparse_attention(q, k, v, idx, cnt, kv_len, scale=None, precision: str = "native",
@@ -241,13 +275,14 @@ def gluon_block_sparse_attention(q, k, v, idx, cnt, kv_len, scale=None, precisio
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     _bsa_fwd_gluon[(qb, b * h)](q_desc, k_desc, v_desc, out, idx, cnt, kv_len, sq, sk, sv, scale * LOG2E, n, n_pad,
                                 qb, idx.shape[-1], h, BM=BM, BN=BN, D=d, STAGES=stages, FP8=fp8, Q_GROUP=16,
-                                NO_SOFTMAX=no_softmax, num_warps=WARPS)
+                                NO_SOFTMAX=no_softmax, POLY=variant == "poly", num_warps=WARPS)
     return out
 
 
-def compile_only(precision: str) -> dict:
+def compile_only(precision: str, poly: bool = False) -> dict:
     """Build the single-partition kernel for sm_90a on this machine (no GPU): PTX, registers, the wgmma waits in
-    the loop. (The package's warp-specialized kernel has its own build test, tests/test_kernels_gluon.py.)"""
+    the loop, its exp2 count. (The package's warp-specialized kernel has its own build test,
+    tests/test_kernels_gluon.py.)"""
     import re
 
     from triton.runtime.jit import MockTensor
@@ -263,10 +298,12 @@ def compile_only(precision: str) -> dict:
     v = TensorDescriptor(MockTensor(torch_kind, v_shape), v_shape, [v_shape[1], 1], v_block, _layout(v_block, kind))
     f32, i32 = MockTensor(torch.float32), MockTensor(torch.int32)
     args = (*qk, v, MockTensor(torch.bfloat16), i32, i32, i32, f32, f32, f32, 0.1, n, n, 32, 32, 24)
-    constants = dict(BM=BM, BN=BN, D=d, STAGES=STAGES, FP8=fp8, Q_GROUP=16, NO_SOFTMAX=False, num_warps=WARPS)
+    constants = dict(BM=BM, BN=BN, D=d, STAGES=STAGES, FP8=fp8, Q_GROUP=16, NO_SOFTMAX=False, POLY=poly,
+                     num_warps=WARPS)
     info = build_for_sm90(_bsa_fwd_gluon, args, constants)
     ptx = info["ptx"]
-    return {"precision": precision, "wgmma": len(re.findall(r"wgmma\.mma_async", ptx)),
+    return {"precision": precision, "poly": poly, "wgmma": len(re.findall(r"wgmma\.mma_async", ptx)),
+            "ex2": len(re.findall(r"ex2\.approx", ptx)),
             "wait_group": sorted(set(re.findall(r"wgmma\.wait_group\.sync\.aligned (\d+)", ptx))),
             "shared_bytes": info["shared"],
             "ptxas": " ".join(line.strip() for line in info["ptxas"].splitlines()
@@ -342,7 +379,8 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.compile_only:
-        print(json.dumps([compile_only(p) for p in args.precisions.split(",")], indent=1))
+        print(json.dumps([compile_only(p, poly) for p in args.precisions.split(",") for poly in (False, True)],
+                         indent=1))
     else:
         check_and_time(args.out, args.cases.split(","), args.precisions.split(","), args.variants.split(","))
 

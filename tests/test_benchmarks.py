@@ -201,16 +201,21 @@ def test_bench_compose_tiny_smoke(tmp_path):
 
 def test_gluon_kernel_experiment_compiles_with_the_overlap():
     """gluon_bsa.py (issue 14's Gluon experiment, not in the package) builds for sm_90a on a CPU, in bf16 and fp8:
-    the loop waits for one product while the other runs (``wgmma.wait_group 1``), and nothing spills."""
+    the loop waits for one product while the other runs (``wgmma.wait_group 1``), and nothing spills; its "poly"
+    variant computes half the softmax's exponentials on the FMA units (half the ``ex2`` instructions)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # Gluon has no interpreter: a real build
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gluon_bsa.py"), "--compile-only"],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     infos = json.loads(proc.stdout[proc.stdout.index("["):])
-    assert [i["precision"] for i in infos] == ["native", "fp8"]
+    assert [(i["precision"], i["poly"]) for i in infos] == [("native", False), ("native", True), ("fp8", False),
+                                                            ("fp8", True)]
     for info in infos:
         assert "1" in info["wait_group"] and info["wgmma"] > 0
         assert "0 bytes spill stores" in info["ptxas"] and info["shared_bytes"] <= 232_448  # Hopper's 227 KiB
+    for exact, poly in (infos[0:2], infos[2:4]):
+        # two tiles' weights (128 x 128 over 256 threads: 64 a thread each) and the rescale's 2 per thread
+        assert exact["ex2"] == 2 * 64 + 2 and poly["ex2"] == 2 * 32 + 2
 
 
 def test_cudnn_block_sparse_row_passes_our_mask_unchanged(monkeypatch):
