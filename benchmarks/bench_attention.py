@@ -1,14 +1,15 @@
 """Attention kernel benchmark (GPU): our block-sparse kernel and estimate vs FlexAttention and dense SDPA.
 
-HunyuanVideo shapes (B=1, H=24, D=128, bf16, video + 256 text tokens, the last 30 text keys padding). Beside
-every row: the same mask in 8-bit arithmetic (`precision` "int8-fp8" and "fp8": time, cosine to the native
-output) and, on the estimate rows, the fp8 estimate (time, density, Jaccard of its mask against the native one).
-Rows: random block masks (diagonal kept) at density 1.0 / 0.5 / 0.3 / 0.15, and the masks the estimate picks at tau
-= 0.9 / 0.95 on structured video-like Q/K (xattn_video.synthetic). "ours" is the package's default path (on Hopper
-the Gluon kernel, ``kernels/block_sparse_attention_gluon.py``); the Triton kernel is timed beside it, and cuDNN
-frontend's block-sparse attention on the same masks where ``nvidia-cudnn-frontend`` >= 1.32 is importable
-(``cudnn_block_sparse.py`` beside this file says how; never a package dependency). Every baseline is measured in
-the same run; times are triton.testing.do_bench medians on fresh random (non-zero) inputs.
+HunyuanVideo shapes (B=1, H=24, D=128, bf16, video + 256 text tokens, the last 30 text keys padding). Beside every
+row: the same mask in 8-bit arithmetic (`precision` "int8-fp8" and "fp8": time, cosine to the native output; with
+XATTN_GLUON_FP8=1 also the Hopper kernel's fp8 path) and, on the estimate rows, the fp8 estimate (time, density,
+Jaccard of its mask against the native one). Rows: random block masks (diagonal kept) at density 1.0 / 0.5 / 0.3 /
+0.15, and the masks the estimate picks at tau = 0.9 / 0.95 on structured video-like Q/K (xattn_video.synthetic).
+"ours" is the package's default path (on Hopper the Gluon kernel, ``kernels/block_sparse_attention_gluon.py``); the
+Triton kernel is timed beside it, and cuDNN frontend's block-sparse attention on the same masks where
+``nvidia-cudnn-frontend`` >= 1.32 is importable (``cudnn_block_sparse.py`` beside this file says how; never a
+package dependency). Every baseline is measured in the same run; times are triton.testing.do_bench medians on fresh
+random (non-zero) inputs.
 
     python benchmarks/bench_attention.py --out bench_attention.json            # 480p, 544p, 720p
     python benchmarks/bench_attention.py --sizes 480p --quick                  # smoke run
@@ -36,6 +37,7 @@ from xattn_video.block_mask import BlockSparseMask  # noqa: E402
 from xattn_video.config import ceil_div  # noqa: E402
 from xattn_video.estimate import estimate_mask  # noqa: E402
 from xattn_video.kernels.block_sparse_attention import block_sparse_attention_triton  # noqa: E402
+from xattn_video.kernels.block_sparse_attention_gluon import block_sparse_attention_gluon  # noqa: E402
 from xattn_video.kernels.estimate import strided_block_scores_triton  # noqa: E402
 from xattn_video.kernels.reference import (  # noqa: E402
     block_sparse_attention_reference,
@@ -218,6 +220,12 @@ def fault_checks(device: str = "cuda") -> list[dict]:
     return results
 
 
+def gluon_fp8(q, k, v, mask) -> bool:
+    """Whether the Hopper kernel's fp8 path runs here (opt-in with XATTN_GLUON_FP8=1 until checked on a GPU)."""
+    from xattn_video.kernels.block_sparse_attention_gluon import gluon_unavailable_reason
+    return gluon_unavailable_reason(q, k, v, mask, "fp8") is None
+
+
 def attention_kernel(q, k, v, mask) -> str:
     """Which kernel block_sparse_attention_triton runs for this call: "gluon" (Hopper) or "triton"."""
     from xattn_video.kernels.block_sparse_attention_gluon import gluon_unavailable_reason
@@ -282,9 +290,13 @@ def run_size(name: str, quick: bool, flex_fn, cudnn_bsa, rows: list[dict]) -> No
             triton_ms = bench(lambda: block_sparse_attention_triton(qq, kk, vv, mask), quick)
         err_ref = subset_reference_error(qq, kk, vv, mask, out, 1 if quick else 3)
         low = {}  # the 8-bit arithmetic on the same mask: time, and how close to the native output
-        for precision in LOW_PRECISIONS:
-            ms = bench(lambda: block_sparse_attention_triton(qq, kk, vv, mask, precision=precision), quick)
-            o = block_sparse_attention_triton(qq, kk, vv, mask, precision=precision).float()
+        for precision in LOW_PRECISIONS + (("fp8 Hopper",) if gluon_fp8(qq, kk, vv, mask) else ()):
+            def run():
+                if precision == "fp8 Hopper":  # the Gluon kernel's fp8 path (opt-in: XATTN_GLUON_FP8=1)
+                    return block_sparse_attention_gluon(qq, kk, vv, mask, precision="fp8")
+                return block_sparse_attention_triton(qq, kk, vv, mask, precision=precision)
+            ms = bench(run, quick)
+            o = run().float()
             low[precision] = dict(ms=ms, tflops=flops_dense * dens / ms / 1e9, x_native=ours_ms / ms,
                                   cos_vs_native=float(F.cosine_similarity(o.flatten(), out.float().flatten(), 0)))
             del o
@@ -342,13 +354,14 @@ def run_size(name: str, quick: bool, flex_fn, cudnn_bsa, rows: list[dict]) -> No
 def low_precision_table(rows: list[dict]) -> str:
     """The 8-bit rows: attention time and closeness to the native output; the fp8 estimate's cost and mask."""
     lines = ["| size | mask | density | native ms | int8-fp8 ms (x native, cosine) | fp8 ms (x native, cosine) | "
-             "est + select native ms | est + select fp8 ms | fp8 mask density / Jaccard |", "|" + "---|" * 9]
+             "fp8 Hopper kernel ms (x native, cosine) | est + select native ms | est + select fp8 ms | "
+             "fp8 mask density / Jaccard |", "|" + "---|" * 10]
     for r in rows:
         lo = r.get("low_precision", {})
         cells = [f"{lo[p]['ms']:.2f} ({lo[p]['x_native']:.2f}x, {lo[p]['cos_vs_native']:.5f})" if p in lo else "–"
-                 for p in LOW_PRECISIONS]
+                 for p in LOW_PRECISIONS + ("fp8 Hopper",)]
         e = lo.get("estimate fp8")
-        lines.append(f"| {r['size']} | {r['mask']} | {r['density']:.3f} | {r['ours_ms']:.2f} | {cells[0]} | {cells[1]} | "
+        lines.append(f"| {r['size']} | {r['mask']} | {r['density']:.3f} | {r['ours_ms']:.2f} | {' | '.join(cells)} | "
                      f"{r['estimate_select_ms']:.2f} | {e['select_ms'] if e else float('nan'):.2f} | "
                      + (f"{e['density']:.3f} / {e['jaccard_vs_native']:.3f} |" if e else "– |"))
     return "\n".join(lines)
