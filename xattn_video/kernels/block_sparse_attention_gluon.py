@@ -86,11 +86,11 @@ if GLUON_IMPORT_ERROR is None:
                   s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn):
         """One warp: takes the launch's next work item (an atomic counter: the programs running at once work on
         neighbouring items, whose keys and values the L2 holds), hands its number and its query rows to the
-        consumers once both are done with the previous item's rows, then loads each kept tile's keys and values
-        into the ring, a slot as soon as both consumers have released it; so the next item's loads overlap the
-        last tiles and the stores of this one. Past the last item it hands them its number, which ends them.
-        The descriptors span [kv_len, D] of one (batch, head): rows past kv_len arrive as zeros, so padded keys
-        are never read. (A partition takes no constexpr arguments in Triton 3.6: constants come from buffer
+        consumers once both are done with the previous item's rows, then loads each kept tile's keys and values into
+        the ring, a slot as soon as both consumers have released it; so the next item's loads overlap the last tiles
+        and the stores of this one. Past the last item it hands them its number, which ends them. The descriptors
+        span [kv_len, D] of one (batch, head) (fp8: v's [D, kv_len]): keys past kv_len arrive as zeros, so padded
+        keys are never read. (A partition takes no constexpr arguments in Triton 3.6: constants come from buffer
         shapes.)"""
         STAGES_: gl.constexpr = k_smem.shape[0]
         BN: gl.constexpr = k_smem.shape[1]
@@ -235,14 +235,14 @@ if GLUON_IMPORT_ERROR is None:
         while it < n_items:
             b, h, blk, start, cnt = _work_item(ORDER, it, QB, H, START, CNT, s_rb, s_rh, s_rq)
             kv_len = gl.load(KVLEN + b)
+            bh = b * H + h
             o_off = b * s_ob + h * s_oh
-            stats_off = (b * H + h) * 2 * n_q
+            stats_off = (b * H + h) * 2 * n_q  # as built and tested on the H200 (bh * ... compiles otherwise)
             row0 = blk * 2 * HALF + wg * HALF
             idx_row = IDX + b * s_ib + h * s_ih + blk * s_iq + start * s_ik
             rows_s = row0 + gl.arange(0, HALF, layout=row_s)
             if FP8:  # each row's q scale folds into its logits' scale
-                row_scale = qk_scale * gl.load(SQ + (b * H + h) * n_qg + rows_s // _Q_GROUP, mask=rows_s < n_q,
-                                               other=1.0)
+                row_scale = qk_scale * gl.load(SQ + bh * n_qg + rows_s // _Q_GROUP, mask=rows_s < n_q, other=1.0)
             else:
                 row_scale = qk_scale
             if first != 0:
@@ -264,8 +264,8 @@ if GLUON_IMPORT_ERROR is None:
                 mbarrier.arrive(turn.index(1 - wg))
                 s = warpgroup_mma_wait(0, deps=[s_tok])
                 kb = gl.load(idx_row)
-                p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, _tile_scale(row_scale, SK, (b * H + h) * n_kg, kb,
-                                                                              FP8), kb, kv_len, BN, s_layout, FP8)
+                p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, _tile_scale(row_scale, SK, bh * n_kg, kb, FP8), kb,
+                                                     kv_len, BN, s_layout, FP8)
                 acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
                 for j in range(1, cnt):
                     slot = (t_all + j) % STAGES_
@@ -279,9 +279,8 @@ if GLUON_IMPORT_ERROR is None:
                     mbarrier.arrive(turn.index(1 - wg))
                     s = warpgroup_mma_wait(1, deps=[s_tok])  # tile j's logits; tile j-1's P.V still running
                     kb = gl.load(idx_row + j * s_ik)
-                    p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, _tile_scale(row_scale, SK, (b * H + h) * n_kg,
-                                                                                  kb, FP8), kb, kv_len, BN, s_layout,
-                                                         FP8)
+                    p, m_i, l_i, alpha = _online_softmax(s, m_i, l_i, _tile_scale(row_scale, SK, bh * n_kg, kb, FP8),
+                                                         kb, kv_len, BN, s_layout, FP8)
                     acc = warpgroup_mma_wait(0, deps=[acc_tok])
                     mbarrier.arrive(empty.index(prev))  # this warpgroup has read tile j-1's slot
                     acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
@@ -307,8 +306,7 @@ if GLUON_IMPORT_ERROR is None:
             inv_l = gl.convert_layout(gl.where(l_i == 0.0, 1.0, 1.0 / l_i), row_o)
             if FP8:  # v's channel scales, after the last range only
                 cols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
-                acc = acc * gl.expand_dims(gl.load(SV + (b * H + h) * D + cols, mask=(cols < D) & (last != 0),
-                                                   other=1.0), 0)
+                acc = acc * gl.expand_dims(gl.load(SV + bh * D + cols, mask=(cols < D) & (last != 0), other=1.0), 0)
             gl.store(_out_ptrs(O, o_off, s_on, row0, HALF, D, o_layout),
                      (acc * gl.expand_dims(inv_l, 1)).to(O.dtype.element_ty), mask=o_mask & keep)
             # the row statistics for the next range, in a plain 1-d layout (a store of the row-slice layout fails
