@@ -37,7 +37,10 @@ from xattn_video.block_mask import BlockSparseMask  # noqa: E402
 from xattn_video.config import ceil_div  # noqa: E402
 from xattn_video.estimate import estimate_mask  # noqa: E402
 from xattn_video.kernels.block_sparse_attention import block_sparse_attention_triton  # noqa: E402
-from xattn_video.kernels.block_sparse_attention_gluon import block_sparse_attention_gluon  # noqa: E402
+from xattn_video.kernels.block_sparse_attention_gluon import (  # noqa: E402
+    block_sparse_attention_gluon,
+    gluon_unavailable_reason,
+)
 from xattn_video.kernels.estimate import strided_block_scores_triton  # noqa: E402
 from xattn_video.kernels.reference import (  # noqa: E402
     block_sparse_attention_reference,
@@ -222,13 +225,11 @@ def fault_checks(device: str = "cuda") -> list[dict]:
 
 def gluon_fp8(q, k, v, mask) -> bool:
     """Whether the Hopper kernel's fp8 path runs here (opt-in with XATTN_GLUON_FP8=1 until checked on a GPU)."""
-    from xattn_video.kernels.block_sparse_attention_gluon import gluon_unavailable_reason
     return gluon_unavailable_reason(q, k, v, mask, "fp8") is None
 
 
 def attention_kernel(q, k, v, mask) -> str:
     """Which kernel block_sparse_attention_triton runs for this call: "gluon" (Hopper) or "triton"."""
-    from xattn_video.kernels.block_sparse_attention_gluon import gluon_unavailable_reason
     return "triton" if gluon_unavailable_reason(q, k, v, mask) else "gluon"
 
 

@@ -43,8 +43,10 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# the package kernel's helpers: the bulk-copy load of this Triton, a tile's logit scale, P.V's v operand
+from xattn_video.kernels.block_sparse_attention_gluon import _tile_scale, _tma_load, _v_tile  # noqa: E402
+
 LOG2E = 1.4426950408889634
-_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared  # 3.9 renamed it
 
 
 @gluon.jit
@@ -65,30 +67,12 @@ def _issue_kv(k_desc, v_desc, k_smem, v_smem, ready, idx_base, t, cnt, kv_row0, 
 
 
 @gluon.jit
-def _v_operand(v_smem, slot, FP8: gl.constexpr):
-    if FP8:
-        return v_smem.index(slot).permute((1, 0))
-    else:
-        return v_smem.index(slot)
-
-
-@gluon.jit
 def _scaled(s, scale, FP8: gl.constexpr):
     """Logits times their scale: one per row in fp8, one number otherwise."""
     if FP8:
         return s * gl.expand_dims(scale, 1)
     else:
         return s * scale
-
-
-@gluon.jit
-def _tile_scale(qk_scale, SK, k_base, kb, FP8: gl.constexpr):
-    """The logits' scale of one tile: per row (fp8: times the q scales, folded in by the caller) times, in fp8,
-    the tile's key scale (a 128-key block is one key group)."""
-    if FP8:
-        return qk_scale * gl.load(SK + k_base + kb)
-    else:
-        return qk_scale
 
 
 @gluon.jit
@@ -191,7 +175,7 @@ def _bsa_fwd_gluon(q_desc, k_desc, v_desc, O, IDX, CNT, KVLEN, SQ, SK, SV, qk_sc
         mbarrier.wait(ready.index(slot), (j // STAGES) & 1)
         s_tok = warpgroup_mma(q_smem, k_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
         p_op = gl.convert_layout(p.to(p_dtype), p_layout)
-        acc_tok = warpgroup_mma(p_op, _v_operand(v_smem, prev, FP8), acc, is_async=True)
+        acc_tok = warpgroup_mma(p_op, _v_tile(v_smem, prev, FP8), acc, is_async=True)
         s = warpgroup_mma_wait(1, deps=[s_tok])  # tile j's logits; tile j-1's P.V still running
         kb = gl.load(idx_base + j)
         s = _masked(s, kb, kv_len, BN, s_layout)
@@ -213,7 +197,7 @@ def _bsa_fwd_gluon(q_desc, k_desc, v_desc, O, IDX, CNT, KVLEN, SQ, SK, SV, qk_sc
 
     last = (cnt - 1) % STAGES
     p_op = gl.convert_layout(p.to(p_dtype), p_layout)
-    acc_tok = warpgroup_mma(p_op, _v_operand(v_smem, last, FP8), acc, is_async=True)
+    acc_tok = warpgroup_mma(p_op, _v_tile(v_smem, last, FP8), acc, is_async=True)
     acc = warpgroup_mma_wait(0, deps=[acc_tok])
     l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))
     acc = acc / gl.expand_dims(l_o, 1)
