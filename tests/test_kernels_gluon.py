@@ -238,7 +238,7 @@ def test_triton_entry_point_runs_it_on_hopper(monkeypatch):
     gluon_out = bsg.block_sparse_attention_gluon(q, k, v, mask)
     assert torch.equal(block_sparse_attention_triton(q, k, v, mask), gluon_out)
     calls = []
-    monkeypatch.setattr(bsg, "block_sparse_attention_gluon", lambda *a, **kw: calls.append(a))
+    monkeypatch.setattr(bsg, "launch_gluon_attention", lambda *a, **kw: calls.append(a))
     monkeypatch.setenv("XATTN_NO_GLUON", "1")
     triton_out = block_sparse_attention_triton(q, k, v, mask)
     assert not calls

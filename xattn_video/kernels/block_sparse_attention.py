@@ -342,10 +342,10 @@ def block_sparse_attention_triton(
                          f"{tuple(q.shape)}, k {tuple(k.shape)} with block_size={bs}")
     check_precision(precision)
     if precision == "native" and launch is None and not interp and q.is_cuda:
-        from .block_sparse_attention_gluon import block_sparse_attention_gluon, gluon_unavailable_reason
+        from .block_sparse_attention_gluon import gluon_unavailable_reason, launch_gluon_attention
         why_not = gluon_unavailable_reason(q, k, v, mask)
-        if why_not is None:  # Hopper: FlashAttention-3's layout of this loop, 1.1-1.3x (benchmarks/RESULTS.md)
-            return block_sparse_attention_gluon(q, k, v, mask, scale)
+        if why_not is None:  # Hopper: FlashAttention-3's layout of this loop, 1.15-1.3x (benchmarks/RESULTS.md)
+            return launch_gluon_attention(q, k, v, mask, scale)  # shapes and reason checked here already
         if torch.cuda.get_device_capability(q.device)[0] == 9:
             log_once(f"xattn_video: the Hopper attention kernel cannot run ({why_not}); using the Triton kernel")
     idx = idx.to(device=q.device, dtype=torch.int32)

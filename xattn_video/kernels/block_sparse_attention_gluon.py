@@ -508,13 +508,30 @@ def block_sparse_attention_gluon(
     if reason:
         raise ValueError(f"the Gluon attention kernel cannot run this call: {reason}")
     b, h, n, d = q.shape
-    n_k = k.shape[2]
-    idx = mask.kv_indices.to(device=q.device, dtype=torch.int32)
+    idx = mask.kv_indices
     if idx.shape[0] != b or idx.shape[1] not in (1, h) or idx.shape[2] != ceil_div(n, BLOCK) \
-            or idx.shape[3] < ceil_div(n_k, BLOCK) or mask.kv_counts.shape != idx.shape[:3] or k.shape != v.shape \
-            or k.shape[:2] != (b, h) or k.shape[3] != d:
+            or idx.shape[3] < ceil_div(k.shape[2], BLOCK) or mask.kv_counts.shape != idx.shape[:3] \
+            or k.shape != v.shape or k.shape[:2] != (b, h) or k.shape[3] != d:
         raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} and mask kv_indices "
                          f"{tuple(idx.shape)} / kv_counts {tuple(mask.kv_counts.shape)} do not fit together")
+    return launch_gluon_attention(q, k, v, mask, scale, precision, key_splits=key_splits, programs=programs)
+
+
+def launch_gluon_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockSparseMask, scale: float | None = None,
+    precision: str = "native", *, key_splits: int | None = None, programs: int | None = None,
+) -> torch.Tensor:
+    """``block_sparse_attention_gluon`` without its checks, for a caller that made them already
+    (``block_sparse_attention_triton``, which checks the shapes and asks ``gluon_unavailable_reason``).
+
+    Example::
+
+        if gluon_unavailable_reason(q, k, v, mask) is None:
+            out = launch_gluon_attention(q, k, v, mask)
+    """
+    b, h, n, d = q.shape
+    n_k = k.shape[2]
+    idx = mask.kv_indices.to(device=q.device, dtype=torch.int32)
     if key_splits is not None and key_splits < 1:
         raise ValueError(f"key_splits={key_splits} is not supported; accepted: >= 1")
     if programs is not None and programs < 1:
